@@ -1,0 +1,82 @@
+"""ONNX Runtime: the CPU default, and CUDA where onnxruntime-gpu is installed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from runner.config import ChipConfig
+from runner.errors import ToolMissingError
+
+OPTIMIZED_MODEL = "model.ort.onnx"
+
+
+def _options(chip: ChipConfig) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if chip.threads:
+        options.intra_op_num_threads = chip.threads
+    options.log_severity_level = 3
+    return options
+
+
+def _providers(chip: ChipConfig, device: int) -> list[Any]:
+    available = ort.get_available_providers()
+    missing = [p for p in chip.providers if p not in available]
+    if missing:
+        raise ToolMissingError(
+            f"ONNX Runtime provider(s) {', '.join(missing)} not available (have "
+            f"{', '.join(available)}): for CUDA install onnxruntime-gpu, or use chip=cpu"
+        )
+    return [
+        (p, {"device_id": device}) if p != "CPUExecutionProvider" else p for p in chip.providers
+    ]
+
+
+def convert_key(chip: ChipConfig, bs: int) -> dict[str, Any]:
+    # the optimized graph is batch-size independent (dynamic batch axis is kept)
+    return {"runtime": "onnxruntime", "ort": ort.__version__, "providers": chip.providers,
+            "precision": chip.precision}
+
+
+def convert(onnx_path: Path, out_dir: Path, chip: ChipConfig, bs: int) -> Path:
+    """Save ONNX Runtime's offline-optimized graph (constant folding, node fusions).
+
+    ORT_ENABLE_EXTENDED, not ALL: layout optimizations of the ALL level are specific to the
+    machine and ONNX Runtime warns against saving them; they are applied again when loading.
+    """
+    target = out_dir / OPTIMIZED_MODEL
+    options = _options(chip)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(target)
+    ort.InferenceSession(str(onnx_path), options, providers=_providers(chip, chip.devices[0]))
+    return target
+
+
+class OrtSession:
+    def __init__(self, model_path: Path, chip: ChipConfig, device: int) -> None:
+        self._session = ort.InferenceSession(
+            str(model_path), _options(chip), providers=_providers(chip, device)
+        )
+        self._input = self._session.get_inputs()[0].name
+        self._device = device
+        self._chip = chip
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {self._input: batch})[0]
+
+    def describe(self) -> dict[str, Any]:
+        options = self._session.get_session_options()
+        return {
+            "runtime": f"onnxruntime {ort.__version__}",
+            "providers": self._session.get_providers(),
+            "device": self._device,
+            "intra_op_threads": options.intra_op_num_threads or "runtime default",
+        }
+
+
+def open_session(model_path: Path, chip: ChipConfig, device: int) -> OrtSession:
+    return OrtSession(model_path, chip, device)

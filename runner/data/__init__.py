@@ -1,0 +1,1 @@
+"""Datasets in the guides' layout and the preprocessing recipe."""

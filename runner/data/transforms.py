@@ -1,0 +1,59 @@
+"""The preprocessing recipe, implemented once for every model.
+
+`load_cropped` does the lossy, image-dependent part (decode, RGB, resize shorter side, center crop)
+and returns the exact uint8 pixels, which is what the cache keeps. `normalize` does the float part
+(/255, -mean, /std, HWC->CHW) when a batch is fed, with the same float32 operations, in the same
+order, as torchvision's ToTensor + Normalize, so the tensors are bit-identical to the reference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from runner.config import PreprocessRecipe
+
+_PIL_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+
+
+def resized_size(width: int, height: int, shorter_side: int) -> tuple[int, int]:
+    """(width, height) with the shorter side set and the longer one int(shorter * long / short)."""
+    if width <= height:
+        return shorter_side, int(shorter_side * height / width)
+    return int(shorter_side * width / height), shorter_side
+
+
+def crop_offset(size: int, crop: int, rule: str) -> int:
+    if rule == "round":
+        return round((size - crop) / 2.0)  # torchvision CenterCrop: half to even
+    return int((size - crop) / 2)  # the InceptionV4 guide
+
+
+def load_cropped(path: Path, recipe: PreprocessRecipe) -> np.ndarray:
+    """Decoded, resized, center-cropped RGB pixels of one image: uint8, (crop, crop, 3)."""
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    size = resized_size(*rgb.size, recipe.resize)
+    if size != rgb.size:
+        rgb = rgb.resize(size, _PIL_FILTERS[recipe.interpolation])
+    pixels = np.asarray(rgb)
+    top = crop_offset(pixels.shape[0], recipe.crop, recipe.crop_offset)
+    left = crop_offset(pixels.shape[1], recipe.crop, recipe.crop_offset)
+    return np.ascontiguousarray(pixels[top : top + recipe.crop, left : left + recipe.crop])
+
+
+def normalize(batch: np.ndarray, recipe: PreprocessRecipe) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W), normalized with the recipe's mean and std."""
+    mean = np.asarray(recipe.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(recipe.std, dtype=np.float32).reshape(1, 3, 1, 1)
+    chw = batch.transpose(0, 3, 1, 2).astype(np.float32)
+    chw /= np.float32(255)
+    chw -= mean
+    chw /= std
+    return chw

@@ -1,0 +1,21 @@
+"""Errors a user can act on: printed as one line, without a traceback."""
+
+
+class RunnerError(Exception):
+    """A problem with the run's inputs or environment; the message says what to do."""
+
+
+class ConfigError(RunnerError):
+    """The composed configuration is invalid."""
+
+
+class DatasetError(RunnerError):
+    """The dataset folder, label file or an image is unusable."""
+
+
+class WeightsError(RunnerError):
+    """The checkpoint cannot be fetched, verified or loaded."""
+
+
+class ToolMissingError(RunnerError):
+    """An external tool (atc, ais_bench, a CUDA runtime) is not installed."""

@@ -1,0 +1,115 @@
+"""Where a checkpoint comes from: the guide's URL (downloaded, checksummed, cached), a local
+path, or `random` (seeded init, for offline runs whose accuracy means nothing)."""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.cache import digest_file
+from runner.config import ModelConfig
+from runner.errors import WeightsError
+
+RANDOM = "random"
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    kind: str  # "url", "path" or "random"
+    location: str  # the URL or path as given; "random" for random init
+    checksum: str | None  # "md5:<hex>" / "sha256:<hex>" expected, if known
+
+    @property
+    def is_random(self) -> bool:
+        return self.kind == RANDOM
+
+
+def source(cfg: ModelConfig) -> WeightsSource:
+    if cfg.weights == RANDOM:
+        return WeightsSource(RANDOM, RANDOM, None)
+    if re.match(r"^https?://", cfg.weights):
+        checksum = cfg.weights_checksum or _hub_checksum(cfg.weights)
+        return WeightsSource("url", cfg.weights, checksum)
+    return WeightsSource("path", str(Path(cfg.weights).expanduser()), cfg.weights_checksum)
+
+
+def _hub_checksum(url: str) -> str | None:
+    """torch.hub names checkpoints `<name>-<first hex digits of sha256>.pth`."""
+    match = re.search(r"-([0-9a-f]{8,})\.[a-z]+$", url)
+    return f"sha256:{match.group(1)}" if match else None
+
+
+def identity(src: WeightsSource, seed: int) -> str:
+    """What determines the weights, without downloading: the checksum when it is known."""
+    if src.is_random:
+        return f"random(seed={seed})"
+    if src.kind == "url" and src.checksum:
+        return src.checksum
+    path = Path(src.location)
+    if src.kind == "path" and path.is_file():
+        return f"sha256:{digest_file(path)}"
+    return src.location
+
+
+def verify(path: Path, checksum: str | None) -> None:
+    if checksum is None:
+        return
+    algorithm, _, expected = checksum.partition(":")
+    actual = digest_file(path, algorithm)
+    if not actual.startswith(expected.lower()):
+        raise WeightsError(
+            f"checkpoint {path} has {algorithm} {actual}, expected {expected}: the file is "
+            "corrupt or not the one named by model.weights_checksum; delete it and fetch it again"
+        )
+
+
+def cached_path(url: str, cache_dir: Path) -> Path:
+    return cache_dir / "weights" / url.rsplit("/", 1)[-1]
+
+
+def download(url: str, target: Path, checksum: str | None, timeout_s: float = 30.0) -> Path:
+    """Fetch `url` to `target` (via a .part file), checking the checksum before it is kept."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(f"{target.name}.part-{os.getpid()}")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response, open(part, "wb") as out:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                out.write(block)
+    except (urllib.error.URLError, OSError) as error:
+        part.unlink(missing_ok=True)
+        reason = getattr(error, "reason", error)
+        raise WeightsError(
+            f"could not download {url} ({reason}); without network, download it elsewhere and "
+            "pass model.weights=/path/to/checkpoint.pth (or model.weights=random for a smoke run)"
+        ) from None
+    try:
+        verify(part, checksum)
+    except WeightsError:
+        part.unlink(missing_ok=True)
+        raise
+    os.replace(part, target)
+    return target
+
+
+def fetch(src: WeightsSource, cache_dir: Path) -> Path | None:
+    """Local path of the verified checkpoint; None for random weights."""
+    if src.is_random:
+        return None
+    if src.kind == "path":
+        path = Path(src.location)
+        if not path.is_file():
+            raise WeightsError(
+                f"checkpoint {path} does not exist: fix model.weights (a path, the official "
+                "URL, or random)"
+            )
+        verify(path, src.checksum)
+        return path
+    target = cached_path(src.location, cache_dir)
+    if target.is_file():
+        verify(target, src.checksum)
+        return target
+    return download(src.location, target, src.checksum)

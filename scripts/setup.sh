@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create or update .venv with exactly the pinned packages of requirements.lock (a no-op when in sync).
+#
+# uv, not pip: pip on these machines is configured to prefer a local CPU-only torch wheel, and
+# torchvision's wheels need the registry's own torch 2.13.0 build (it runs fine on a CPU).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+if ! "$PYTHON" -m uv --version >/dev/null 2>&1; then
+  "$PYTHON" -m pip install --quiet --disable-pip-version-check "uv==0.13.9"
+fi
+[ -x .venv/bin/python ] || "$PYTHON" -m uv venv --quiet --python "$PYTHON" .venv
+"$PYTHON" -m uv pip sync --quiet --python .venv/bin/python requirements.lock

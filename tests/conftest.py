@@ -1,0 +1,119 @@
+"""Shared fixtures: real JPEGs, composed configs, and the CLI run in a subprocess against a real
+MLflow SQLite store in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from runner import config
+from runner.config import PROJECT_ROOT, RunConfig, SyntheticConfig
+from runner.data import synthetic
+
+SAMPLE_ROOT = PROJECT_ROOT.parent / "shared" / "data" / "imagenet-sample"
+needs_sample = pytest.mark.skipif(
+    not (SAMPLE_ROOT / "val_label.txt").is_file(),
+    reason=f"real ImageNet sample not found at {SAMPLE_ROOT}",
+)
+
+config.register()
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def run_config(*overrides: str) -> RunConfig:
+    return config.validate(compose_config(*overrides))
+
+
+@pytest.fixture(scope="session")
+def generated_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small dataset of generated JPEGs in the guides' layout (one grayscale image)."""
+    root = tmp_path_factory.mktemp("generated") / "dataset"
+    synthetic.generate(root, "val", "val_label.txt", SyntheticConfig(num_images=20, seed=3))
+    return root
+
+
+class Workspace:
+    """A cache folder, an MLflow store and a runs folder, shared by the CLI runs of a test."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.cache = root / "cache"
+        self.db = root / "mlflow.db"
+        self.tracking_uri = f"sqlite:///{self.db}"
+
+    def overrides(self) -> list[str]:
+        return [
+            f"paths.cache_dir={self.cache}",
+            f"mlflow.tracking_uri={self.tracking_uri}",
+            f"mlflow.artifact_location={self.root / 'mlruns'}",
+            f"hydra.run.dir={self.root}/runs/${{now:%H-%M-%S-%f}}",
+            f"hydra.sweep.dir={self.root}/multirun/${{now:%H-%M-%S-%f}}",
+        ]
+
+    def run(self, *args: str, check: bool = True, timeout: float = 600,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "runner", *args, *self.overrides()]
+        result = subprocess.run(
+            command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"runner exited {result.returncode}\nstdout:\n{result.stdout[-4000:]}\n"
+                f"stderr:\n{result.stderr[-4000:]}"
+            )
+        return result
+
+    def client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+    def runs(self) -> list:
+        client = self.client()
+        experiment = client.get_experiment_by_name("runner")
+        if experiment is None:
+            return []
+        return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time"])
+
+
+@pytest.fixture(scope="session")
+def shared_workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """One cache for the session's CLI tests, so the AlexNet export is made once."""
+    return Workspace(tmp_path_factory.mktemp("workspace"))
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, shared_workspace: Workspace) -> Iterator[Workspace]:
+    """A fresh MLflow store and runs folder, reusing the session's stage cache."""
+    space = Workspace(tmp_path)
+    space.cache = shared_workspace.cache
+    yield space
+
+
+FAST_BENCHMARK = (
+    "benchmark.warmup_iters=2",
+    "benchmark.warmup_min_s=0",
+    "benchmark.min_iters=5",
+    "benchmark.min_duration_s=0",
+    "benchmark.max_trials=1",
+)
+
+
+@pytest.fixture
+def fast_benchmark() -> tuple[str, ...]:
+    return FAST_BENCHMARK
+
+
+Runner = Callable[..., subprocess.CompletedProcess[str]]
