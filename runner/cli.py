@@ -19,7 +19,7 @@ log = logging.getLogger("runner")
 
 config.register()
 
-SUMMARY_METRICS = ("top1", "top5", "throughput_fps", "latency_ms_p50", "latency_ms_p99")
+SUMMARY_METRICS = ("top1", "top5", "throughput_fps", "latency_ms_p50", "latency_ms_p99", "e2e_fps")
 
 
 def summary_table(cfg: config.RunConfig, result: pipeline.PipelineResult) -> str:

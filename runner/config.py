@@ -202,6 +202,9 @@ class BenchmarkConfig:
     stable_windows: int = 3  # ... and the last ones must agree within max_spread
     max_spread: float = 0.10
     max_trials: int = 3
+    repeats: int = 3  # timed runs after one warm-up; their spread is throughput_cv
+    # warn when, just before timing, others use more than this fraction of the device
+    busy_threshold: float = 0.25
 
     def __post_init__(self) -> None:
         _check_choice("benchmark.input", self.input, ("random", "zero"))
@@ -210,6 +213,16 @@ class BenchmarkConfig:
         _check_positive("benchmark.min_iters", self.min_iters)
         _check_positive("benchmark.windows", self.windows)
         _check_positive("benchmark.max_trials", self.max_trials)
+        _check_positive("benchmark.repeats", self.repeats)
+        if self.min_duration_s < 0 or self.max_duration_s <= 0:
+            raise ConfigError(
+                f"benchmark.min_duration_s={self.min_duration_s} must be >= 0 and "
+                f"benchmark.max_duration_s={self.max_duration_s} > 0"
+            )
+        if not 0 <= self.busy_threshold <= 1:
+            raise ConfigError(
+                f"benchmark.busy_threshold={self.busy_threshold} must be a fraction in 0..1"
+            )
         if not 1 <= self.stable_windows <= self.windows:
             raise ConfigError(
                 f"benchmark.stable_windows={self.stable_windows} must be in 1..windows"

@@ -1,7 +1,13 @@
-"""How throughput and latency are measured: warm-up, stopping rule, stability verdict.
+"""How throughput and latency are measured: warm-up, stopping rule, stability verdict, repeats.
 
 Kept apart from any runtime (MLPerf LoadGen's split of test settings from the system under test):
 `measure` times a callable with a clock it is given, so the method is tested with fake clocks.
+
+One measurement = one warm-up, then `repeats` timed runs back to back. A timed run calls until
+both `min_iters` calls and `min_duration_s` seconds are reached (as LoadGen and trtexec stop), or
+until `max_duration_s` caps it; its calls are split into `windows` and it is retried (up to
+`max_trials`, earlier trials discarded) while its last `stable_windows` windows disagree by more
+than `max_spread` (as perf_analyzer decides stability). The repeats give the run-to-run spread.
 """
 
 from __future__ import annotations
@@ -19,16 +25,17 @@ Clock = Callable[[], int]  # nanoseconds
 
 
 @dataclass
-class Measurement:
+class TimedRun:
+    """One timed run: the calls of its last trial (earlier, unstable trials are discarded)."""
+
     batch_size: int
     compute_ms: list[float]  # one entry per timed call, in order
     wall_s: float  # from the first timed call's start to the last one's end
-    warmup_iters: int
-    warmup_s: float
     trials: int
     stable: bool
     window_fps: list[float] = field(default_factory=list)
     spread: float = 0.0  # (max - min) / mean of the last `stable_windows` window throughputs
+    capped: bool = False  # max_duration_s stopped it before min_iters and min_duration_s
 
     @property
     def iterations(self) -> int:
@@ -36,31 +43,103 @@ class Measurement:
 
     @property
     def throughput_fps(self) -> float:
-        """ais_bench's figure: 1000 * batchsize / mean(compute ms)."""
         return 1000.0 * self.batch_size / float(np.mean(self.compute_ms))
 
     @property
     def wall_fps(self) -> float:
-        """Images per second of wall-clock over the timed loop (gaps between calls included)."""
         return self.batch_size * self.iterations / self.wall_s
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "throughput_fps": self.throughput_fps,
+            "wall_fps": self.wall_fps,
+            "iterations": self.iterations,
+            "wall_s": self.wall_s,
+            "trials": self.trials,
+            "stable": self.stable,
+            "window_spread": self.spread,
+            "window_fps": self.window_fps,
+            "capped": self.capped,
+        }
+
+
+@dataclass
+class Measurement:
+    batch_size: int
+    warmup_iters: int
+    warmup_s: float
+    runs: list[TimedRun]  # the repeats, in order
+
+    @property
+    def compute_ms(self) -> list[float]:
+        """Every timed call of every repeat, in order."""
+        return [ms for run in self.runs for ms in run.compute_ms]
+
+    @property
+    def iterations(self) -> int:
+        return sum(run.iterations for run in self.runs)
+
+    @property
+    def wall_s(self) -> float:
+        return sum(run.wall_s for run in self.runs)
+
+    @property
+    def throughput_fps(self) -> float:
+        """ais_bench's figure over all timed calls: 1000 * batchsize / mean(compute ms)."""
+        return 1000.0 * self.batch_size / float(np.mean(self.compute_ms))
+
+    @property
+    def wall_fps(self) -> float:
+        """Images per second of wall-clock over the timed loops (gaps between calls included)."""
+        return self.batch_size * self.iterations / self.wall_s
+
+    @property
+    def stable(self) -> bool:
+        return all(run.stable for run in self.runs)
+
+    @property
+    def capped(self) -> bool:
+        return any(run.capped for run in self.runs)
+
+    @property
+    def trials(self) -> int:
+        return sum(run.trials for run in self.runs)
+
+    @property
+    def spread(self) -> float:
+        """The worst window spread of the repeats."""
+        return max(run.spread for run in self.runs)
+
+    @property
+    def throughput_cv(self) -> float | None:
+        """Run-to-run coefficient of variation of the repeats' throughput_fps (sample std / mean);
+        None with a single repeat."""
+        return coefficient_of_variation([run.throughput_fps for run in self.runs])
 
     def latency_ms(self, percentile: float) -> float:
         return float(np.percentile(self.compute_ms, percentile))
 
     def metrics(self) -> dict[str, float]:
-        return {
+        compute_ms = self.compute_ms
+        metrics = {
             "throughput_fps": self.throughput_fps,
             "wall_fps": self.wall_fps,
-            "latency_ms_mean": float(np.mean(self.compute_ms)),
-            "latency_ms_min": float(np.min(self.compute_ms)),
-            "latency_ms_max": float(np.max(self.compute_ms)),
+            "latency_ms_mean": float(np.mean(compute_ms)),
+            "latency_ms_min": float(np.min(compute_ms)),
+            "latency_ms_max": float(np.max(compute_ms)),
             "latency_ms_p50": self.latency_ms(50),
             "latency_ms_p90": self.latency_ms(90),
             "latency_ms_p99": self.latency_ms(99),
             "benchmark_iterations": float(self.iterations),
+            "benchmark_repeats": float(len(self.runs)),
             "benchmark_stable": float(self.stable),
+            "benchmark_capped": float(self.capped),
             "benchmark_window_spread": self.spread,
         }
+        cv = self.throughput_cv
+        if cv is not None:
+            metrics["throughput_cv"] = cv
+        return metrics
 
 
 def window_throughputs(compute_ms: list[float], windows: int, batch_size: int) -> list[float]:
@@ -73,23 +152,26 @@ def spread(values: list[float]) -> float:
     return (max(values) - min(values)) / float(np.mean(values))
 
 
-def measure(
-    run_once: Callable[[], Any],
-    settings: BenchmarkConfig,
-    batch_size: int,
-    clock: Clock = time.perf_counter_ns,
-) -> Measurement:
-    """Warm up, then time `run_once` until both min_iters and min_duration_s are met (or
-    max_duration_s passes); repeat the timed trial while its last windows disagree."""
-    warmup_start = clock()
-    warmup_iters = 0
-    while warmup_iters < settings.warmup_iters or (
-        clock() - warmup_start < settings.warmup_min_s * 1e9
-    ):
-        run_once()
-        warmup_iters += 1
-    warmup_s = (clock() - warmup_start) / 1e9
+def coefficient_of_variation(values: list[float]) -> float | None:
+    if len(values) < 2:
+        return None
+    return float(np.std(values, ddof=1) / np.mean(values))
 
+
+def warm_up(run_once: Callable[[], Any], settings: BenchmarkConfig,
+            clock: Clock) -> tuple[int, float]:
+    """Call until both warmup_iters calls and warmup_min_s seconds are reached: (calls, seconds)."""
+    start = clock()
+    calls = 0
+    while calls < settings.warmup_iters or clock() - start < settings.warmup_min_s * 1e9:
+        run_once()
+        calls += 1
+    return calls, (clock() - start) / 1e9
+
+
+def timed_run(run_once: Callable[[], Any], settings: BenchmarkConfig, batch_size: int,
+              clock: Clock) -> TimedRun:
+    """Time `run_once` until the stopping rule is met; retry while the last windows disagree."""
     for trial in range(1, settings.max_trials + 1):
         compute_ms: list[float] = []
         trial_start = clock()
@@ -103,22 +185,33 @@ def measure(
             if done or elapsed_s >= settings.max_duration_s:
                 break
         per_window = window_throughputs(compute_ms, settings.windows, batch_size)
-        last = per_window[-settings.stable_windows :]
-        trial_spread = spread(last)
+        trial_spread = spread(per_window[-settings.stable_windows :])
         stable = trial_spread <= settings.max_spread
         if stable or trial == settings.max_trials:
-            return Measurement(
+            return TimedRun(
                 batch_size=batch_size,
                 compute_ms=compute_ms,
                 wall_s=elapsed_s,
-                warmup_iters=warmup_iters,
-                warmup_s=warmup_s,
                 trials=trial,
                 stable=stable,
                 window_fps=per_window,
                 spread=trial_spread,
+                capped=not done,
             )
     raise AssertionError("unreachable: the last trial always returns")
+
+
+def measure(
+    run_once: Callable[[], Any],
+    settings: BenchmarkConfig,
+    batch_size: int,
+    clock: Clock = time.perf_counter_ns,
+) -> Measurement:
+    """Warm up once, then `settings.repeats` timed runs back to back."""
+    warmup_iters, warmup_s = warm_up(run_once, settings, clock)
+    runs = [timed_run(run_once, settings, batch_size, clock) for _ in range(settings.repeats)]
+    return Measurement(batch_size=batch_size, warmup_iters=warmup_iters, warmup_s=warmup_s,
+                       runs=runs)
 
 
 def method_description(settings: BenchmarkConfig, timed_span: str) -> dict[str, Any]:
@@ -128,11 +221,13 @@ def method_description(settings: BenchmarkConfig, timed_span: str) -> dict[str, 
         "timed_span": timed_span,
         "warmup": f">= {settings.warmup_iters} calls and >= {settings.warmup_min_s} s, excluded",
         "stopping_rule": f">= {settings.min_iters} calls and >= {settings.min_duration_s} s "
-        f"(cap {settings.max_duration_s} s)",
+        f"(cap {settings.max_duration_s} s: benchmark_capped=1 when the cap ended a run)",
         "stability": f"last {settings.stable_windows} of {settings.windows} windows within "
-        f"{settings.max_spread:.0%} of their mean, up to {settings.max_trials} trials",
-        "throughput_fps": "1000 * bs / mean(compute ms), as ais_bench",
-        "wall_fps": "bs * calls / wall seconds of the timed loop",
-        "percentiles": "numpy.percentile, linear interpolation",
+        f"{settings.max_spread:.0%} of their mean, up to {settings.max_trials} trials per repeat",
+        "repeats": f"{settings.repeats} timed runs after one warm-up; throughput_cv = sample "
+        "std / mean of their throughput_fps (absent with 1 repeat)",
+        "throughput_fps": "1000 * bs / mean(compute ms) over every timed call, as ais_bench",
+        "wall_fps": "bs * calls / wall seconds of the timed loops",
+        "percentiles": "numpy.percentile over every timed call, linear interpolation",
         "input": f"{settings.input} tensor prepared before timing",
     }

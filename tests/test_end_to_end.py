@@ -16,7 +16,10 @@ from tests.conftest import SAMPLE_ROOT, Workspace, needs_sample
 
 METRICS = ("top1", "top2", "top3", "top4", "top5", "throughput_fps", "latency_ms_p50",
            "latency_ms_p90", "latency_ms_p99", *(f"time_{s}_s" for s in (
-               "export", "convert", "preprocess", "infer", "evaluate", "benchmark")))
+               "export", "convert", "preprocess", "infer", "evaluate", "benchmark")),
+           "wall_fps", "throughput_cv", "benchmark_stable", "e2e_fps",
+           *(f"e2e_{part}_{unit}" for part in ("read", "preprocess", "infer", "post")
+             for unit in ("fps", "ms")))
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +43,9 @@ def _check_finished_run(space: Workspace, run, num_images: int) -> None:
     for k in range(1, 6):
         expected = 100.0 * (top5[:, :k] == labels[:, None]).any(1).double().mean().item()
         assert run.data.metrics[f"top{k}"] == pytest.approx(expected, abs=1e-9)
+    assert run.data.metrics["e2e_images"] == num_images
+    assert run.data.metrics["e2e_fps"] == pytest.approx(num_images / run.data.metrics["e2e_wall_s"])
+    assert run.data.metrics["benchmark_repeats"] == 3  # the default: throughput_cv over 3 runs
     guide = json.loads((_entry(space, "evaluate", run) / "metrics.json").read_text())
     assert guide["value"][0] == {"key": "Number of images", "value": str(num_images)}
     artifacts = mlflow.artifacts.download_artifacts(

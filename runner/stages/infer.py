@@ -1,26 +1,58 @@
-"""infer: batch inference of the whole preprocessed dataset at `bs`; logits kept per chunk."""
+"""infer: batch inference of the whole preprocessed dataset at `bs`; logits kept per chunk.
+
+The pass is also the end-to-end measurement (`e2e_fps`), broken down as the older ModelZoo
+benchmark tool did: data read, preprocess (normalize), infer, post (logits to the chunk file).
+Reading and normalizing run ahead in a background thread (`runner.data.loader`), so the
+end-to-end rate approaches the inference rate.
+"""
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from runner.backends import backend_for
+from runner import device_lock, environment
+from runner.backends import Session, backend_for
 from runner.cache import StageOutput, atomic_save_npy, atomic_write_text, source_digest
-from runner.config import RunConfig
+from runner.config import PreprocessRecipe, RunConfig
+from runner.data import loader
 from runner.data.transforms import normalize
+from runner.errors import RunnerError
+from runner.measurement import Clock
 from runner.stages.preprocess import PreprocessedDataset
 
 NEEDS = ("model", "dataset")
-GIVES = ("logits",)
-CODE = ("runner.data.transforms",)
+GIVES = ("logits", "e2e_json")
+CODE = ("runner.data.transforms", "runner.data.loader")
 LOGITS_DIR = "logits"
 INDEX = "logits.json"
+E2E_FILE = "e2e.json"
 BATCHES_PER_CHUNK = 16  # the unit of resume: a killed run keeps every finished chunk
+PREFETCH_BATCHES = 2  # batches read and normalized ahead of the one being inferred
+WARMUP_CALLS = 2  # untimed session.run calls on the first batch before the timed pass
+PARTS = ("read", "preprocess", "infer", "post")
+METHOD = {
+    "timer": "time.perf_counter_ns (host wall clock)",
+    "warmup": f"{WARMUP_CALLS} untimed session.run calls on the first batch, excluded",
+    "e2e_fps": "images / wall seconds from asking for the first batch to writing the last chunk "
+    "(session load, warm-up and the device check excluded); only chunks computed in this run",
+    "read": "reading the batch's uint8 crops from the preprocess cache files (loader thread)",
+    "preprocess": "normalize: /255, -mean, /std, HWC->CHW, float32 (loader thread)",
+    "infer": "one synchronous session.run per batch (main thread)",
+    "post": "logits to float32 host array, into the chunk; writing each finished chunk file",
+    "e2e_<part>_fps": "1000 * images / total ms in that part (the old tool's throughputRate)",
+    "e2e_<part>_ms": "mean ms per batch in that part (the old tool's moduleLatency)",
+    "overlap": f"read + preprocess run up to {PREFETCH_BATCHES} batches ahead in a background "
+    "thread, so the parts' times overlap and do not add up to the wall time",
+}
 
 
 def key_config(cfg: RunConfig) -> dict[str, Any]:
@@ -35,40 +67,154 @@ def key_config(cfg: RunConfig) -> dict[str, Any]:
     }
 
 
+@dataclass
+class PartTimes:
+    """Where the time of an end-to-end pass went: totals over its batches."""
+
+    images: int = 0
+    batches: int = 0
+    read_ms: float = 0.0
+    preprocess_ms: float = 0.0
+    infer_ms: float = 0.0
+    post_ms: float = 0.0
+    wall_s: float = 0.0
+
+    @classmethod
+    def combine(cls, parts: list[PartTimes], wall_s: float) -> PartTimes:
+        """Totals of passes that ran concurrently (one per device) over `wall_s` seconds."""
+        total = cls(wall_s=wall_s)
+        for part in parts:
+            for name in ("images", "batches", *(f"{p}_ms" for p in PARTS)):
+                setattr(total, name, getattr(total, name) + getattr(part, name))
+        return total
+
+    def metrics(self) -> dict[str, float]:
+        if not self.images or self.wall_s <= 0:
+            return {}
+        metrics = {"e2e_fps": self.images / self.wall_s, "e2e_wall_s": self.wall_s,
+                   "e2e_images": float(self.images)}
+        for part in PARTS:
+            total_ms = getattr(self, f"{part}_ms")
+            metrics[f"e2e_{part}_ms"] = total_ms / self.batches
+            if total_ms > 0:
+                metrics[f"e2e_{part}_fps"] = 1000.0 * self.images / total_ms
+        return metrics
+
+
+def chunk_name(start: int) -> str:
+    return f"{LOGITS_DIR}/{start:09d}.npy"
+
+
+def chunk_ranges(count: int, chunk_len: int) -> list[tuple[int, int]]:
+    return [(start, min(start + chunk_len, count)) for start in range(0, count, chunk_len)]
+
+
+def infer_chunks(
+    session: Session,
+    data: PreprocessedDataset,
+    recipe: PreprocessRecipe,
+    bs: int,
+    chunks: list[tuple[int, int]],
+    out_dir: Path,
+    prefetch: int = PREFETCH_BATCHES,
+    progress: tqdm | None = None,
+    clock: Clock = time.perf_counter_ns,
+) -> PartTimes:
+    """Logits of the dataset's `chunks` ([start, stop) ranges) at `bs`, one file per chunk under
+    `out_dir` (each written by rename), and the time spent in each part. One device's work:
+    sharding calls it once per device with that device's session and chunks."""
+    ranges = [(b, min(b + bs, stop)) for start, stop in chunks for b in range(start, stop, bs)]
+    times = PartTimes()
+    position = 0  # index into chunks of the one being filled
+    filled: np.ndarray | None = None
+    started = clock()
+    feed = loader.batches(ranges, data.read, lambda pixels: normalize(pixels, recipe), prefetch,
+                          clock)
+    with closing(feed):
+        for batch in feed:
+            before_infer = clock()
+            logits = session.run(batch.tensor)
+            after_infer = clock()
+            chunk_start, chunk_stop = chunks[position]
+            out = np.asarray(logits, dtype=np.float32)
+            if filled is None:
+                filled = np.empty((chunk_stop - chunk_start, *out.shape[1:]), dtype=np.float32)
+            filled[batch.start - chunk_start : batch.stop - chunk_start] = out
+            if batch.stop == chunk_stop:
+                atomic_save_npy(out_dir / chunk_name(chunk_start), filled)
+                filled = None
+                position += 1
+            after_post = clock()
+            times.images += batch.stop - batch.start
+            times.batches += 1
+            times.read_ms += batch.read_ms
+            times.preprocess_ms += batch.preprocess_ms
+            times.infer_ms += (after_infer - before_infer) / 1e6
+            times.post_ms += (after_post - after_infer) / 1e6
+            if progress is not None:
+                progress.update(batch.stop - batch.start)
+    times.wall_s = (clock() - started) / 1e9
+    return times
+
+
 def run(cfg: RunConfig, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
     data = PreprocessedDataset(inputs["dataset"])
-    session = backend_for(cfg.chip).open_session(inputs["model"], cfg.chip, cfg.chip.devices[0])
+    device = cfg.chip.devices[0]
+    session = backend_for(cfg.chip).open_session(inputs["model"], cfg.chip, device)
     recipe = cfg.model.preprocess
     (out_dir / LOGITS_DIR).mkdir(exist_ok=True)
-    chunk_len = cfg.bs * BATCHES_PER_CHUNK
-    files = []
-    resumed = 0
-    progress = tqdm(total=len(data), desc=f"infer bs={cfg.bs}", unit="img")
-    for start in range(0, len(data), chunk_len):
-        stop = min(start + chunk_len, len(data))
-        name = f"{LOGITS_DIR}/{start:09d}.npy"
-        files.append(name)
-        if (out_dir / name).is_file():
-            resumed += 1
-            progress.update(stop - start)
-            continue
-        outputs = []
-        for batch_start in range(start, stop, cfg.bs):
-            batch_stop = min(batch_start + cfg.bs, stop)
-            batch = normalize(data.pixels(batch_start, batch_stop), recipe)
-            outputs.append(np.asarray(session.run(batch), dtype=np.float32))
-            progress.update(batch_stop - batch_start)
-        atomic_save_npy(out_dir / name, np.concatenate(outputs))
+    chunks = chunk_ranges(len(data), cfg.bs * BATCHES_PER_CHUNK)
+    todo = [c for c in chunks if not (out_dir / chunk_name(c[0])).is_file()]
+    resumed_images = len(data) - sum(stop - start for start, stop in todo)
+    progress = tqdm(total=len(data), initial=resumed_images, desc=f"infer bs={cfg.bs}",
+                    unit="img")
+    times = PartTimes()
+    guard_report: dict[str, Any] | None = None
+    if todo:
+        with device_lock.guard(cfg.cache_dir, cfg.chip, device,
+                               cfg.benchmark.busy_threshold) as guard:
+            first = normalize(data.read(0, min(cfg.bs, len(data))), recipe)
+            for _ in range(WARMUP_CALLS):
+                session.run(first)
+            times = infer_chunks(session, data, recipe, cfg.bs, todo, out_dir, progress=progress)
+        guard_report = guard.report()
     progress.close()
+    files = [chunk_name(start) for start, _ in chunks]
     atomic_write_text(out_dir / INDEX, json.dumps({"files": files, "count": len(data)}))
+    metrics = times.metrics()
+    if guard_report is not None and guard_report["busy_pct"] is not None:
+        metrics["e2e_device_busy_pct"] = guard_report["busy_pct"]
+    report = {
+        "metrics": metrics,
+        "times": asdict(times),
+        "method": METHOD,
+        "resumed_images": resumed_images,
+        "session": session.describe(),
+        "device": guard_report,
+        "environment": environment.capture(cfg.chip),
+    }
+    atomic_write_text(out_dir / E2E_FILE, json.dumps(report, indent=2))
     return StageOutput(
-        artifacts={"logits": INDEX},
-        info={"session": session.describe(), "resumed_chunks": resumed,
-              "computed_chunks": len(files) - resumed},
+        artifacts={"logits": INDEX, "e2e_json": E2E_FILE},
+        metrics=metrics,
+        info={"session": session.describe(), "resumed_chunks": len(chunks) - len(todo),
+              "computed_chunks": len(todo)},
     )
+
+
+def iter_logits(index_path: Path) -> Iterator[np.ndarray]:
+    """The logits of an infer entry one chunk at a time, in dataset order (memory: one chunk)."""
+    index = json.loads(index_path.read_text())
+    seen = 0
+    for name in index["files"]:
+        chunk = np.load(index_path.parent / name)
+        seen += len(chunk)
+        yield chunk
+    if seen != index["count"]:
+        raise RunnerError(f"{index_path}: the logit files hold {seen} rows, the index says "
+                          f"{index['count']}; recompute with cache.force=[infer]")
 
 
 def load_logits(index_path: Path) -> np.ndarray:
     """All logits of an infer entry, (N, num_classes) float32, in dataset order."""
-    index = json.loads(index_path.read_text())
-    return np.concatenate([np.load(index_path.parent / name) for name in index["files"]])
+    return np.concatenate(list(iter_logits(index_path)))

@@ -19,6 +19,7 @@ from runner.cache import StageOutput, atomic_save_npy, atomic_write_text
 from runner.config import PreprocessRecipe, RunConfig
 from runner.data import dataset, synthetic
 from runner.data.transforms import load_cropped
+from runner.errors import DatasetError
 
 NEEDS: tuple[str, ...] = ()
 GIVES = ("dataset",)
@@ -105,3 +106,26 @@ class PreprocessedDataset:
                 break
             parts.append(self._chunks[index][max(start, lo) - lo : min(stop, hi) - lo])
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """The same crops as `pixels`, in a fresh array filled by plain file reads.
+
+        Pages of a memory map that have been read stay in the process's resident memory until it
+        is unmapped, so streaming a whole dataset through `pixels` grows RSS with the dataset;
+        `read` keeps it flat (the page cache still serves repeated reads).
+        """
+        out = np.empty((stop - start, *self._chunks[0].shape[1:]), dtype=np.uint8)
+        first = int(np.searchsorted(self._starts, start, side="right")) - 1
+        for index in range(first, len(self._chunks)):
+            lo, hi = self._starts[index], self._starts[index + 1]
+            if lo >= stop:
+                break
+            chunk = self._chunks[index]
+            a, b = max(start, lo), min(stop, hi)
+            target = memoryview(out[a - start : b - start]).cast("B")
+            with open(chunk.filename, "rb") as stream:
+                stream.seek(chunk.offset + (a - lo) * chunk.strides[0])
+                if stream.readinto(target) != target.nbytes:
+                    raise DatasetError(f"{chunk.filename} is truncated: delete the preprocess "
+                                       f"cache entry {self.root} and run again")
+        return out

@@ -1,0 +1,76 @@
+"""What the benchmark scripts share: composing a run config, making the model and dataset
+through the runner's own cached stages, and printing figures next to their targets."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from runner import config, environment, pipeline
+from runner.config import PROJECT_ROOT, RunConfig
+
+DEFAULT_MODELS = ("alexnet", "inceptionv4")
+
+
+def model_arguments(parser: argparse.ArgumentParser, bs: tuple[int, ...]) -> None:
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS),
+                        help="model config names (conf/model/<name>.yaml); missing ones are "
+                        "reported as skipped")
+    parser.add_argument("--bs", nargs="+", type=int, default=list(bs), help="batch sizes")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="chip.threads: intra-op threads (0: the runtime's default)")
+    parser.add_argument("--cache-dir", default=str(PROJECT_ROOT / "outputs" / "cache"),
+                        help="the runner's stage cache (exported models are reused)")
+
+
+def available(models: list[str]) -> list[str]:
+    found = []
+    for name in models:
+        if (PROJECT_ROOT / "conf" / "model" / f"{name}.yaml").is_file():
+            found.append(name)
+        else:
+            print(f"skipped: {name} (conf/model/{name}.yaml does not exist in this checkout)")
+    return found
+
+
+def run_config(*overrides: str) -> RunConfig:
+    config.register()
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return config.validate(compose("config", overrides=list(overrides)))
+
+
+def base_overrides(model: str, bs: int, args: argparse.Namespace) -> list[str]:
+    return [f"model={model}", f"bs={bs}", "model.weights=random", "dataset=synthetic",
+            f"chip.threads={args.threads}", f"paths.cache_dir={args.cache_dir}"]
+
+
+def make(cfg: RunConfig, stages: list[str]) -> dict[str, Path]:
+    """Run `stages` through the runner's cache; artifact name -> path."""
+    cfg.stage.stages = stages
+    result = pipeline.run(cfg)
+    paths = {}
+    for record in result.stages:
+        for name in record.entry.output.artifacts:
+            paths[name] = record.entry.artifact(name)
+    return paths
+
+
+def header(title: str, method: list[str]) -> None:
+    print(f"== {title}")
+    print(f"   host {environment.host_id()}, commit {environment.git_commit()[:12]}, "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+    for line in method:
+        print(f"   {line}")
+
+
+def verdict(value: float, target: float, higher_is_better: bool) -> str:
+    met = value >= target if higher_is_better else value <= target
+    return f"{'met' if met else 'MISSED'} (target {'>=' if higher_is_better else '<='} {target})"
+
+
+def mean(values: list[float]) -> float:
+    return statistics.fmean(values)

@@ -1,0 +1,64 @@
+"""Target 4: run-to-run coefficient of variation of throughput over 5 repeats <= 3%.
+
+Two figures, one after the other in one invocation:
+- across runs: the benchmark stage run 5 times, each with a fresh session and its own warm-up
+  (what a user sees re-running the same job); CV = sample std / mean of their throughput_fps;
+- within a run: one benchmark stage with benchmark.repeats=5 (one warm-up, 5 timed runs back to
+  back): the `throughput_cv` metric it logs.
+
+    python -m benchmarks.run_to_run --models alexnet inceptionv4 --bs 1 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from benchmarks import common
+from runner.measurement import coefficient_of_variation
+from runner.stages import benchmark
+
+TARGET = 0.03
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.model_arguments(parser, bs=(1, 16))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--min-iters", type=int, default=20)
+    parser.add_argument("--min-duration", type=float, default=3.0)
+    args = parser.parse_args()
+    models = common.available(args.models)
+    common.header(f"run-to-run CV of throughput_fps over {args.repeats} repeats", [
+        f"each timed run: >= {args.min_iters} calls and >= {args.min_duration} s after >= 10 "
+        "calls and 0.5 s of warm-up; stability retries up to 3 trials",
+        "CV = sample standard deviation / mean; timer time.perf_counter_ns around session.run",
+    ])
+    print(f"{'model':<12}{'bs':>4}{'fps (mean)':>12}{'CV across runs':>16}{'CV within a run':>17}"
+          "  verdict (both)")
+    for model in models:
+        for bs in args.bs:
+            settings = [*common.base_overrides(model, bs, args), "benchmark.warmup_iters=10",
+                        "benchmark.warmup_min_s=0.5", f"benchmark.min_iters={args.min_iters}",
+                        f"benchmark.min_duration_s={args.min_duration}"]
+            single = common.run_config(*settings, "benchmark.repeats=1")
+            paths = common.make(single, ["export", "convert"])
+            across = []
+            for _ in range(args.repeats):
+                with tempfile.TemporaryDirectory() as scratch:
+                    output = benchmark.run(single, paths, Path(scratch))
+                    across.append(output.metrics["throughput_fps"])
+            repeated = common.run_config(*settings, f"benchmark.repeats={args.repeats}")
+            with tempfile.TemporaryDirectory() as scratch:
+                within = benchmark.run(repeated, paths, Path(scratch)).metrics["throughput_cv"]
+            cv_across = coefficient_of_variation(across)
+            assert cv_across is not None, "needs --repeats >= 2"
+            worst = max(cv_across, within)
+            print(f"{model:<12}{bs:>4}{common.mean(across):>12.1f}{cv_across:>16.2%}"
+                  f"{within:>17.2%}  {common.verdict(worst, TARGET, higher_is_better=False)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Device guard: one timed job per (chip, device) at a time, and a warning when it is busy.
+
+Jobs of a sweep run concurrently (joblib, submitit launchers); two of them timing on the same
+device would each report about half the throughput. `guard` holds an exclusive `fcntl.flock` on
+`<cache_dir>/locks/<chip>-device<id>.lock` around timed work (the kernel releases it when a
+process dies, so a crash leaves no stale lock), then samples how busy the device is with others'
+work (CPU load; nvidia-smi for CUDA providers; npu-smi for Ascend) and warns above the threshold.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from runner.config import ChipConfig
+
+log = logging.getLogger("runner")
+
+LOCK_DIR = "locks"
+CPU_SAMPLE_S = 0.5  # long enough to average over scheduler ticks, short next to a benchmark
+TOOL_TIMEOUT_S = 10
+
+
+def lock_path(cache_dir: Path, chip: str, device: int) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", chip)
+    return cache_dir / LOCK_DIR / f"{safe}-device{device}.lock"
+
+
+@dataclass
+class LockRecord:
+    path: str
+    waited_s: float  # time spent waiting for another job to release the device
+    held_by: str | None  # who held it when this job asked, as that job wrote it
+
+
+@contextmanager
+def device_lock(cache_dir: Path, chip: str, device: int) -> Iterator[LockRecord]:
+    """Hold the exclusive lock of (chip, device); wait, saying for whom, while another job does."""
+    path = lock_path(cache_dir, chip, device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        started = time.perf_counter()
+        held_by = None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            held_by = handle.read().strip() or "another process"
+            log.warning("device %s:%d is in use by %s; waiting for it (lock %s)",
+                        chip, device, held_by, path)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        waited_s = time.perf_counter() - started
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        try:
+            yield LockRecord(str(path), waited_s, held_by)
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            handle.flush()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@dataclass
+class BusyReading:
+    source: str  # "cpu", "nvidia-smi", "npu-smi"
+    busy_pct: float | None  # None when the reading could not be taken
+    detail: str = ""
+
+
+def cpu_busy_pct(sample_s: float = CPU_SAMPLE_S) -> float:
+    """Percent of all cores used by other processes over `sample_s` (this process excluded)."""
+    me = psutil.Process()
+    before, mine_before = psutil.cpu_times(), me.cpu_times()
+    time.sleep(sample_s)
+    after, mine_after = psutil.cpu_times(), me.cpu_times()
+
+    def idle(t: Any) -> float:
+        return t.idle + getattr(t, "iowait", 0.0)
+
+    def total_of(t: Any) -> float:  # Linux counts guest time inside user time already
+        return sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+
+    total = total_of(after) - total_of(before)
+    if total <= 0:
+        return 0.0
+    busy = total - (idle(after) - idle(before))
+    mine = (mine_after.user - mine_before.user) + (mine_after.system - mine_before.system)
+    return max(0.0, min(100.0, 100.0 * (busy - mine) / total))
+
+
+def _run_tool(command: list[str]) -> str | None:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def nvidia_busy(device: int) -> BusyReading:
+    """GPU utilization and the other processes on it, from nvidia-smi's CSV queries."""
+    tool = shutil.which("nvidia-smi")
+    if tool is None:
+        return BusyReading("nvidia-smi", None, "nvidia-smi not found")
+    usage = _run_tool([tool, "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,"
+                       "nounits", "-i", str(device)])
+    apps = _run_tool([tool, "--query-compute-apps=pid,process_name", "--format=csv,noheader",
+                      "-i", str(device)])
+    try:
+        utilization = float(usage.strip().splitlines()[0].split(",")[0]) if usage else None
+    except (ValueError, IndexError):
+        utilization = None
+    others = []
+    for line in (apps or "").strip().splitlines():
+        pid, _, name = line.partition(",")
+        if pid.strip().isdigit() and int(pid) != os.getpid():
+            others.append(f"{pid.strip()} {name.strip()}")
+    detail = f"other processes: {', '.join(others)}" if others else ""
+    if utilization is None:
+        return BusyReading("nvidia-smi", None, detail or "could not read nvidia-smi's output")
+    return BusyReading("nvidia-smi", utilization, detail)
+
+
+def npu_busy(device: int) -> BusyReading:
+    """The highest 'Aicore Usage Rate(%)' of `npu-smi info -t usages -i <device>`."""
+    tool = shutil.which("npu-smi")
+    if tool is None:
+        return BusyReading("npu-smi", None, "npu-smi not found")
+    output = _run_tool([tool, "info", "-t", "usages", "-i", str(device)])
+    rates = [float(m) for m in re.findall(r"Aicore Usage Rate\(%\)\s*:\s*([\d.]+)", output or "")]
+    if not rates:
+        return BusyReading("npu-smi", None, "could not read npu-smi's output")
+    return BusyReading("npu-smi", max(rates))
+
+
+def device_tools(chip: ChipConfig) -> list[str]:
+    """Which accelerator tools report on the chip's device, besides the host CPU."""
+    tools = []
+    if any("CUDA" in p or "Tensorrt" in p for p in chip.providers):
+        tools.append("nvidia-smi")
+    if chip.runtime == "ais_bench" or any("CANN" in p for p in chip.providers):
+        tools.append("npu-smi")
+    return tools
+
+
+@dataclass
+class BusyCheck:
+    threshold_pct: float
+    readings: list[BusyReading] = field(default_factory=list)
+
+    @property
+    def busy_pct(self) -> float | None:
+        """The busiest reading, in percent."""
+        values = [r.busy_pct for r in self.readings if r.busy_pct is not None]
+        return max(values) if values else None
+
+    @property
+    def warnings(self) -> list[str]:
+        return [
+            f"{r.source}: {r.busy_pct:.0f}% busy with other work before timing (threshold "
+            f"{self.threshold_pct:.0f}%){'; ' + r.detail if r.detail else ''}: figures may be low"
+            for r in self.readings
+            if r.busy_pct is not None and r.busy_pct > self.threshold_pct
+        ]
+
+
+def check_busy(chip: ChipConfig, device: int, threshold: float) -> BusyCheck:
+    check = BusyCheck(threshold_pct=100.0 * threshold)
+    check.readings.append(BusyReading("cpu", cpu_busy_pct()))
+    readers = {"nvidia-smi": nvidia_busy, "npu-smi": npu_busy}
+    for tool in device_tools(chip):
+        check.readings.append(readers[tool](device))
+    return check
+
+
+@dataclass
+class GuardRecord:
+    lock: LockRecord
+    busy: BusyCheck
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "lock": asdict(self.lock),
+            "busy_pct": self.busy.busy_pct,
+            "busy_threshold_pct": self.busy.threshold_pct,
+            "readings": [asdict(r) for r in self.busy.readings],
+            "warnings": self.busy.warnings,
+        }
+
+
+@contextmanager
+def guard(cache_dir: Path, chip: ChipConfig, device: int,
+          threshold: float) -> Iterator[GuardRecord]:
+    """Hold the device's lock, then check how busy it is; for the timed work inside."""
+    with device_lock(cache_dir, chip.name, device) as lock:
+        busy = check_busy(chip, device, threshold)
+        for warning in busy.warnings:
+            log.warning("device %s:%d: %s", chip.name, device, warning)
+        yield GuardRecord(lock, busy)
