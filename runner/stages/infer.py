@@ -12,14 +12,16 @@ from tqdm import tqdm
 from runner.backends import backend_for
 from runner.cache import StageOutput, atomic_save_npy, atomic_write_text, source_digest
 from runner.config import RunConfig
+from runner.data import aisbench_files
 from runner.data.transforms import normalize
 from runner.stages.preprocess import PreprocessedDataset
 
 NEEDS = ("model", "dataset")
 GIVES = ("logits",)
-CODE = ("runner.data.transforms",)
+CODE = ("runner.data.transforms", "runner.data.aisbench_files")
 LOGITS_DIR = "logits"
 INDEX = "logits.json"
+RESULTS_DIR = "results"  # ais_bench-format files, when infer.result_format asks for them
 BATCHES_PER_CHUNK = 16  # the unit of resume: a killed run keeps every finished chunk
 
 
@@ -32,6 +34,7 @@ def key_config(cfg: RunConfig) -> dict[str, Any]:
                  "precision": cfg.chip.precision},
         "normalize": {"mean": recipe.mean, "std": recipe.std},
         "backend_code": source_digest(backend.__name__),
+        "result_format": cfg.infer.result_format,
     }
 
 
@@ -61,11 +64,17 @@ def run(cfg: RunConfig, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
         atomic_save_npy(out_dir / name, np.concatenate(outputs))
     progress.close()
     atomic_write_text(out_dir / INDEX, json.dumps({"files": files, "count": len(data)}))
-    return StageOutput(
+    output = StageOutput(
         artifacts={"logits": INDEX},
         info={"session": session.describe(), "resumed_chunks": resumed,
               "computed_chunks": len(files) - resumed},
     )
+    if cfg.infer.result_format != "none":
+        aisbench_files.write_results(out_dir / RESULTS_DIR, data.names,
+                                     load_logits(out_dir / INDEX), cfg.infer.result_format)
+        output.artifacts["results"] = RESULTS_DIR
+        output.info["result_files"] = f"{len(data)} x <image>_0.{cfg.infer.result_format}"
+    return output
 
 
 def load_logits(index_path: Path) -> np.ndarray:
