@@ -18,7 +18,10 @@ from runner.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
-STAGE_NAMES = ("export", "convert", "preprocess", "infer", "evaluate", "benchmark")
+STAGE_NAMES = ("export", "convert", "preprocess", "infer", "parity", "evaluate", "benchmark",
+               "score")
+# what a run does when no stage preset says otherwise (`score` reads results made elsewhere)
+DEFAULT_STAGES = ("export", "convert", "preprocess", "infer", "parity", "evaluate", "benchmark")
 RUNTIMES = ("onnxruntime", "torch", "ais_bench")
 PRECISIONS = ("fp32", "fp16")
 
@@ -145,7 +148,7 @@ class ChipConfig:
 @dataclass
 class StageConfig:
     name: str = MISSING
-    stages: list[str] = field(default_factory=lambda: list(STAGE_NAMES))
+    stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES))
 
     def __post_init__(self) -> None:
         for name in self.stages:
@@ -186,6 +189,64 @@ class PreprocessRunConfig:
         if self.workers < 0:
             raise ConfigError(f"preprocess.workers={self.workers} must be >= 0")
         _check_positive("preprocess.chunk_size", self.chunk_size)
+
+
+RESULT_FORMATS = ("txt", "npy", "bin")  # ais_bench's --outfmt, lower case
+
+
+@dataclass
+class InferConfig:
+    # also write one ais_bench result file per image (`<stem>_0.<fmt>`) into the infer entry
+    result_format: str = "none"
+
+    def __post_init__(self) -> None:
+        _check_choice("infer.result_format", self.result_format, ("none", *RESULT_FORMATS))
+
+
+@dataclass
+class ParityTolerance:
+    """How far the converted model may stray from PyTorch on the evaluation tensors."""
+
+    max_abs_diff: float  # largest |logit difference| over every image and class
+    min_top1_agreement: float  # fraction of images whose top-1 class must agree
+    max_topk_delta: float  # largest |top-1| and |top-5| accuracy difference, percentage points
+
+    def check(self, prefix: str) -> None:
+        for key in ("max_abs_diff", "max_topk_delta"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{prefix}.{key}={getattr(self, key)} must be >= 0")
+        if not 0 <= self.min_top1_agreement <= 1:
+            raise ConfigError(
+                f"{prefix}.min_top1_agreement={self.min_top1_agreement} must be in 0..1"
+            )
+
+
+@dataclass
+class ParityTolerances:
+    fp32: ParityTolerance = field(default_factory=lambda: ParityTolerance(1e-3, 0.999, 0.1))
+    fp16: ParityTolerance = field(default_factory=lambda: ParityTolerance(0.1, 0.99, 0.5))
+
+
+@dataclass
+class ParityConfig:
+    tolerance: ParityTolerances = field(default_factory=ParityTolerances)
+    worst: int = 5  # images named in the report and in the error message
+
+    def __post_init__(self) -> None:
+        for precision in PRECISIONS:
+            getattr(self.tolerance, precision).check(f"parity.tolerance.{precision}")
+        _check_positive("parity.worst", self.worst)
+
+
+@dataclass
+class ScoreConfig:
+    """`stage=score`: top-k of ais_bench result files made elsewhere (e.g. on an NPU host)."""
+
+    results: str | None = None  # folder of `<image stem>_0.txt|.npy|.bin` files
+    format: str = "auto"  # the files' format; auto: the one format present
+
+    def __post_init__(self) -> None:
+        _check_choice("score.format", self.format, ("auto", *RESULT_FORMATS))
 
 
 @dataclass
@@ -242,6 +303,9 @@ class RunConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     preprocess: PreprocessRunConfig = field(default_factory=PreprocessRunConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    parity: ParityConfig = field(default_factory=ParityConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
 
     def __post_init__(self) -> None:
         if self.bs <= 0:

@@ -19,3 +19,11 @@ class WeightsError(RunnerError):
 
 class ToolMissingError(RunnerError):
     """An external tool (atc, ais_bench, a CUDA runtime) is not installed."""
+
+
+class ParityError(RunnerError):
+    """The converted model's outputs differ from PyTorch's beyond the configured tolerance."""
+
+
+class ResultFilesError(RunnerError):
+    """A folder of per-image inference result files (ais_bench's layout) is unusable."""

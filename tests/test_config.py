@@ -19,7 +19,8 @@ def test_defaults_compose_into_a_valid_run() -> None:
     assert (cfg.model.name, cfg.dataset.name, cfg.chip.name, cfg.stage.name) == (
         "alexnet", "imagenet", "cpu", "all")
     assert cfg.bs == 16
-    assert cfg.stage.stages == ["export", "convert", "preprocess", "infer", "evaluate", "benchmark"]
+    assert cfg.stage.stages == ["export", "convert", "preprocess", "infer", "parity", "evaluate",
+                                "benchmark"]
     assert cfg.mlflow.tracking_uri == f"sqlite:///{PROJECT_ROOT}/mlflow.db"
     assert cfg.mlflow.artifact_location == f"{PROJECT_ROOT}/mlruns"
 
@@ -75,7 +76,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_help_lists_the_groups() -> None:
     result = _cli("--help")
     assert result.returncode == 0, result.stderr
-    for line in ("model: alexnet", "stage: accuracy, all, performance", "chip: cpu"):
+    for line in ("model: alexnet, efficientnet_b0, inceptionv4, mobilenet_v3_large, resnet50",
+                 "stage: accuracy, all, performance, score", "chip: cpu"):
         assert line in result.stdout
 
 

@@ -37,16 +37,19 @@ def crop_offset(size: int, crop: int, rule: str) -> int:
 
 
 def load_cropped(path: Path, recipe: PreprocessRecipe) -> np.ndarray:
-    """Decoded, resized, center-cropped RGB pixels of one image: uint8, (crop, crop, 3)."""
+    """Decoded, resized, center-cropped RGB pixels of one image: uint8, (crop, crop, 3).
+
+    The same pixels as the guides' scripts (PIL decode, `.convert('RGB')`, PIL resize, crop); the
+    crop is taken in PIL, so only the crop is copied out, and an RGB image is not copied first.
+    """
     with Image.open(path) as image:
-        rgb = image.convert("RGB")
-    size = resized_size(*rgb.size, recipe.resize)
-    if size != rgb.size:
-        rgb = rgb.resize(size, _PIL_FILTERS[recipe.interpolation])
-    pixels = np.asarray(rgb)
-    top = crop_offset(pixels.shape[0], recipe.crop, recipe.crop_offset)
-    left = crop_offset(pixels.shape[1], recipe.crop, recipe.crop_offset)
-    return np.ascontiguousarray(pixels[top : top + recipe.crop, left : left + recipe.crop])
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        size = resized_size(*rgb.size, recipe.resize)
+        if size != rgb.size:
+            rgb = rgb.resize(size, _PIL_FILTERS[recipe.interpolation])
+        left = crop_offset(size[0], recipe.crop, recipe.crop_offset)
+        top = crop_offset(size[1], recipe.crop, recipe.crop_offset)
+        return np.asarray(rgb.crop((left, top, left + recipe.crop, top + recipe.crop)))
 
 
 def normalize(batch: np.ndarray, recipe: PreprocessRecipe) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import Any
 import onnx
 import torch
 
-from runner.cache import StageOutput, digest_file
+from runner.cache import StageOutput, digest_file, source_digest
 from runner.config import RunConfig
 from runner.models import build, weights
 
@@ -16,6 +16,13 @@ NEEDS: tuple[str, ...] = ()
 GIVES = ("onnx",)
 CODE = ("runner.models.build",)
 ONNX_FILE = "model.onnx"
+
+
+def arch_code(arch: str) -> str | None:
+    """Digest of the module defining `arch` when it is this package's; torchvision's is pinned."""
+    if not arch.startswith("runner."):
+        return None
+    return source_digest(build.resolve_arch(arch).__module__)
 
 
 def key_config(cfg: RunConfig) -> dict[str, Any]:
@@ -29,6 +36,8 @@ def key_config(cfg: RunConfig) -> dict[str, Any]:
         "output": model.output_name,
         "opset": model.opset,
         "torch": torch.__version__,
+        # an architecture of this package is code the export depends on (torchvision's is pinned)
+        "arch_code": arch_code(model.arch),
     }
 
 

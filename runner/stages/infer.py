@@ -23,7 +23,7 @@ from runner import device_lock, environment
 from runner.backends import Session, backend_for
 from runner.cache import StageOutput, atomic_save_npy, atomic_write_text, source_digest
 from runner.config import PreprocessRecipe, RunConfig
-from runner.data import loader
+from runner.data import aisbench_files, loader
 from runner.data.transforms import normalize
 from runner.errors import RunnerError
 from runner.measurement import Clock
@@ -31,10 +31,11 @@ from runner.stages.preprocess import PreprocessedDataset
 
 NEEDS = ("model", "dataset")
 GIVES = ("logits", "e2e_json")
-CODE = ("runner.data.transforms", "runner.data.loader")
+CODE = ("runner.data.transforms", "runner.data.loader", "runner.data.aisbench_files")
 LOGITS_DIR = "logits"
 INDEX = "logits.json"
 E2E_FILE = "e2e.json"
+RESULTS_DIR = "results"  # ais_bench-format files, when infer.result_format asks for them
 BATCHES_PER_CHUNK = 16  # the unit of resume: a killed run keeps every finished chunk
 PREFETCH_BATCHES = 2  # batches read and normalized ahead of the one being inferred
 WARMUP_CALLS = 2  # untimed session.run calls on the first batch before the timed pass
@@ -64,6 +65,7 @@ def key_config(cfg: RunConfig) -> dict[str, Any]:
                  "precision": cfg.chip.precision},
         "normalize": {"mean": recipe.mean, "std": recipe.std},
         "backend_code": source_digest(backend.__name__),
+        "result_format": cfg.infer.result_format,
     }
 
 
@@ -194,12 +196,22 @@ def run(cfg: RunConfig, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
         "environment": environment.capture(cfg.chip),
     }
     atomic_write_text(out_dir / E2E_FILE, json.dumps(report, indent=2))
-    return StageOutput(
+    output = StageOutput(
         artifacts={"logits": INDEX, "e2e_json": E2E_FILE},
         metrics=metrics,
         info={"session": session.describe(), "resumed_chunks": len(chunks) - len(todo),
               "computed_chunks": len(todo)},
     )
+    if cfg.infer.result_format != "none":
+        start = 0
+        for logits in iter_logits(out_dir / INDEX):  # one chunk in memory at a time
+            names = data.names[start : start + len(logits)]
+            aisbench_files.write_results(out_dir / RESULTS_DIR, names, logits,
+                                         cfg.infer.result_format)
+            start += len(logits)
+        output.artifacts["results"] = RESULTS_DIR
+        output.info["result_files"] = f"{len(data)} x <image>_0.{cfg.infer.result_format}"
+    return output
 
 
 def iter_logits(index_path: Path) -> Iterator[np.ndarray]:

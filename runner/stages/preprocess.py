@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from runner.cache import StageOutput, atomic_save_npy, atomic_write_text
+from runner.cache import StageOutput, atomic_write_text
 from runner.config import PreprocessRecipe, RunConfig
 from runner.data import dataset, synthetic
 from runner.data.transforms import load_cropped
@@ -43,9 +43,55 @@ def chunk_file(index: int) -> str:
     return f"chunk_{index:06d}.npy"
 
 
-def _load_one(job: tuple[str, PreprocessRecipe]) -> np.ndarray:
-    path, recipe = job
-    return load_cropped(Path(path), recipe)
+PIECE = 16  # images per worker task: small enough to keep every core busy to the end
+CHUNKS_IN_FLIGHT = 2  # chunks being filled at once, so workers never wait for a chunk's write
+
+
+def _fill(job: tuple[str, int, list[str], PreprocessRecipe]) -> int:
+    """Worker: decode `paths` into rows `start...` of a chunk file being filled; rows written."""
+    target, start, paths, recipe = job
+    crops = np.lib.format.open_memmap(target, mode="r+")
+    for offset, path in enumerate(paths):
+        crops[start + offset] = load_cropped(Path(path), recipe)
+    crops.flush()
+    return len(paths)
+
+
+def _fill_chunks(chunks: dict[int, list[dataset.Sample]], recipe: PreprocessRecipe,
+                 out_dir: Path, workers: int, progress: tqdm) -> None:
+    """Write each chunk's crops, decoded by `workers` processes straight into the chunk's file.
+
+    A chunk is filled as `.chunk_N.npy.filling` and renamed when all its rows are written, so a
+    killed run leaves only whole chunk files. Pixels never travel back through the parent, and
+    the next chunk's tasks are queued before the current one completes, so no core waits at a
+    chunk boundary.
+    """
+    pending = list(chunks)
+
+    def start(pool: ProcessPoolExecutor, index: int) -> tuple[int, Path, list[Future[int]]]:
+        samples = chunks[index]
+        filling = out_dir / f".{chunk_file(index)}.filling"
+        np.lib.format.open_memmap(filling, mode="w+", dtype=np.uint8,
+                                  shape=(len(samples), recipe.crop, recipe.crop, 3)).flush()
+        jobs = [(str(filling), i, [str(s.path) for s in samples[i : i + PIECE]], recipe)
+                for i in range(0, len(samples), PIECE)]
+        return index, filling, [pool.submit(_fill, job) for job in jobs]
+
+    pool = ProcessPoolExecutor(max_workers=workers)
+    try:
+        in_flight = [start(pool, pending.pop(0)) for _ in range(CHUNKS_IN_FLIGHT) if pending]
+        while in_flight:
+            index, filling, futures = in_flight.pop(0)
+            for future in futures:
+                progress.update(future.result())
+            if pending:
+                in_flight.append(start(pool, pending.pop(0)))
+            with open(filling, "rb+") as stream:
+                os.fsync(stream.fileno())
+            os.replace(filling, out_dir / chunk_file(index))
+    finally:
+        # on an error (a broken image, Ctrl-C) drop the queued tasks instead of finishing them
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run(cfg: RunConfig, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
@@ -53,18 +99,13 @@ def run(cfg: RunConfig, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
     recipe = cfg.model.preprocess
     size = cfg.preprocess.chunk_size
     chunks = [samples[i : i + size] for i in range(0, len(samples), size)]
-    todo = [i for i in range(len(chunks)) if not (out_dir / chunk_file(i)).is_file()]
+    todo = {i: chunk for i, chunk in enumerate(chunks)
+            if not (out_dir / chunk_file(i)).is_file()}
     workers = cfg.preprocess.workers or os.cpu_count() or 1
-    done = sum(len(chunk) for i, chunk in enumerate(chunks) if i not in set(todo))
+    done = len(samples) - sum(len(chunk) for chunk in todo.values())
     progress = tqdm(total=len(samples), initial=done, desc="preprocess", unit="img")
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        for index in todo:
-            jobs = [(str(s.path), recipe) for s in chunks[index]]
-            crops = []
-            for crop in pool.map(_load_one, jobs, chunksize=8):
-                crops.append(crop)
-                progress.update()
-            atomic_save_npy(out_dir / chunk_file(index), np.stack(crops))
+    if todo:
+        _fill_chunks(todo, recipe, out_dir, workers, progress)
     progress.close()
     manifest = {
         "names": [s.name for s in samples],

@@ -1,0 +1,179 @@
+"""Preprocessing speed and cache size: the `preprocess` stage vs the guides' single-process script.
+
+    .venv/bin/python benchmarks/preprocess_speed.py                 # the 100 sample images x 4
+    .venv/bin/python benchmarks/preprocess_speed.py --images /data/imagenet/val --limit 2000
+
+For each model (its recipe from conf/model/<name>.yaml), in one process, alternating A/B rounds:
+  reference  the guides' script: one process, PIL decode -> resize -> crop -> float32 -> /255,
+             -mean, /std -> CHW -> `.tofile(<stem>.bin)` per image
+  runner     `runner.stages.preprocess.run` with its default workers (one per core), writing the
+             uint8 chunk cache
+Timer: time.perf_counter around a whole pass over the images (process start-up and file writes
+included), after reading every file once to warm the page cache. Prints images/s of each, the
+median of the per-round ratios, CPU time per image (getrusage, workers included), bytes per
+cached image vs the .bin file, and checks that the tensors fed to the model equal the .bin files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hydra import compose, initialize_config_dir
+
+from runner import config
+from runner.config import PROJECT_ROOT, PreprocessRecipe, RunConfig
+from runner.data.transforms import normalize
+from runner.stages import preprocess
+
+SAMPLE = PROJECT_ROOT.parent / "shared" / "data" / "imagenet-sample"
+FILTERS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+def guide_script(path: Path, recipe: PreprocessRecipe) -> np.ndarray:
+    """The guides' preprocessing scripts: PIL decode and resize, then numpy float32 arithmetic.
+
+    InceptionV4's converts to float32 before the crop and truncates the offsets; AlexNet's (and
+    the ModelZoo's torchvision-style scripts) crop in PIL with rounded offsets, as CenterCrop does.
+    """
+    image = Image.open(path).convert("RGB")
+    w, h = image.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(recipe.resize * long / short)
+    size = (recipe.resize, new_long) if w <= h else (new_long, recipe.resize)
+    if short != recipe.resize:
+        image = image.resize(size, FILTERS[recipe.interpolation])
+    if recipe.crop_offset == "floor":
+        img = np.array(image, dtype=np.float32)
+        top = int((img.shape[0] - recipe.crop) / 2)
+        left = int((img.shape[1] - recipe.crop) / 2)
+        img = img[top : top + recipe.crop, left : left + recipe.crop]
+    else:
+        top = round((image.size[1] - recipe.crop) / 2.0)
+        left = round((image.size[0] - recipe.crop) / 2.0)
+        image = image.crop((left, top, left + recipe.crop, top + recipe.crop))
+        img = np.array(image, dtype=np.float32)
+    img = img / 255.0
+    img -= np.array(recipe.mean, dtype=np.float32)
+    img /= np.array(recipe.std, dtype=np.float32)
+    return img.transpose(2, 0, 1)
+
+
+def reference_pass(paths: list[Path], recipe: PreprocessRecipe, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        guide_script(path, recipe).tofile(out_dir / f"{path.name.split('.')[0]}.bin")
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the stage's workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def make_dataset(images: list[Path], copies: int, root: Path) -> list[Path]:
+    """`copies` links to each image under root/val, with a label file, in the guides' layout."""
+    (root / "val").mkdir(parents=True)
+    lines, paths = [], []
+    for copy in range(copies):
+        for image in images:
+            link = root / "val" / f"c{copy}_{image.name}"
+            os.symlink(image.resolve(), link)
+            paths.append(link)
+            lines.append(f"{link.name} 0\n")
+    (root / "val_label.txt").write_text("".join(lines))
+    return paths
+
+
+def runner_config(model: str, root: Path, cache: Path) -> RunConfig:
+    config.register()
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={model}", "dataset=imagenet",
+                                           f"dataset.root={root}", f"paths.cache_dir={cache}"])
+    return config.validate(cfg)
+
+
+def bench(model: str, images: list[Path], copies: int, rounds: int, work: Path) -> float:
+    root = work / model / "dataset"
+    paths = make_dataset(images, copies, root)
+    cfg = runner_config(model, root, work / model / "cache")
+    recipe = cfg.model.preprocess
+    for path in paths:  # warm the page cache for both contenders
+        path.read_bytes()
+
+    ref_dir, our_dir = work / model / "bins", work / model / "chunks"
+    ref_s, our_s, ref_cpu, our_cpu = [], [], [], []
+    for _ in range(rounds):
+        for out in (ref_dir, our_dir):
+            shutil.rmtree(out, ignore_errors=True)
+        cpu, started = cpu_seconds(), time.perf_counter()
+        reference_pass(paths, recipe, ref_dir)
+        ref_s.append(time.perf_counter() - started)
+        ref_cpu.append(cpu_seconds() - cpu)
+        our_dir.mkdir()
+        cpu, started = cpu_seconds(), time.perf_counter()
+        output = preprocess.run(cfg, {}, our_dir)
+        our_s.append(time.perf_counter() - started)
+        our_cpu.append(cpu_seconds() - cpu)
+
+    n = len(paths)
+    data = preprocess.PreprocessedDataset(our_dir)
+    worst = 0.0
+    for index, path in enumerate(paths):
+        expected = np.fromfile(ref_dir / f"{path.name.split('.')[0]}.bin", dtype=np.float32)
+        fed = normalize(data.pixels(index, index + 1), recipe).reshape(-1)
+        worst = max(worst, float(np.abs(fed - expected).max()))
+    bin_bytes = (ref_dir / f"{paths[0].name.split('.')[0]}.bin").stat().st_size
+    cache_bytes = sum(f.stat().st_size for f in our_dir.glob("chunk_*.npy")) / n
+    ratios = [r / o for r, o in zip(ref_s, our_s, strict=True)]
+    print(f"{model}: {n} images ({len(images)} x {copies}), {rounds} rounds, "
+          f"recipe resize {recipe.resize} {recipe.interpolation} crop {recipe.crop}")
+    print(f"  reference script (1 process)      {n / statistics.median(ref_s):8.1f} images/s "
+          f"(median of {[round(n / s, 1) for s in ref_s]})")
+    print(f"  runner preprocess ({output.info['workers']} workers)      "
+          f"{n / statistics.median(our_s):8.1f} images/s "
+          f"(median of {[round(n / s, 1) for s in our_s]})")
+    print(f"  speed ratio runner/reference: median {statistics.median(ratios):.2f}x "
+          f"(per round {[round(r, 2) for r in ratios]})")
+    ref_ms, our_ms = (1000 * statistics.median(c) / n for c in (ref_cpu, our_cpu))
+    print(f"  CPU ms per image (all processes): reference {ref_ms:.2f}, runner {our_ms:.2f}")
+    print(f"  bytes per image: .bin {bin_bytes}, cache {cache_bytes:.1f} incl. the .npy header "
+          f"(ratio {cache_bytes / bin_bytes:.6f}; pixels alone {recipe.crop ** 2 * 3}, exactly "
+          f"1/4); fed tensors vs .bin max abs diff {worst:g}")
+    return statistics.median(ratios)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=Path, default=SAMPLE / "val")
+    parser.add_argument("--limit", type=int, default=None, help="first N images only")
+    parser.add_argument("--copies", type=int, default=4, help="times each image is processed")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--models", nargs="+", default=["inceptionv4", "alexnet"])
+    args = parser.parse_args()
+    images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))
+    images = images[: args.limit]
+    if not images:
+        raise SystemExit(f"no JPEG images in {args.images}")
+    print(f"host: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start")
+    with tempfile.TemporaryDirectory(prefix="preprocess-speed-") as tmp:
+        for model in args.models:
+            bench(model, images, args.copies, args.rounds, Path(tmp))
+    print(f"load average {os.getloadavg()[0]:.2f} at end (other processes share these cores)")
+
+
+if __name__ == "__main__":
+    main()

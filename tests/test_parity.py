@@ -1,0 +1,137 @@
+"""parity: PyTorch vs the converted model on the same tensors; tolerances; a breach fails the run
+naming the worst images; the PyTorch logits are computed once per model and dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from runner.backends import onnxruntime as ort_backend
+from runner.config import ParityTolerance, RunConfig
+from runner.errors import ConfigError, ParityError
+from runner.models import build
+from runner.stages import infer, parity, preprocess
+from runner.stages.export import export_onnx
+from tests.conftest import Workspace, run_config
+
+TIGHT = ParityTolerance(max_abs_diff=1e-3, min_top1_agreement=0.999, max_topk_delta=0.1)
+
+
+def test_compare_counts_agreement_deltas_and_orders_the_worst() -> None:
+    rng = np.random.default_rng(0)
+    reference = (rng.standard_normal((6, 10)) * 3).astype(np.float32)
+    converted = reference + 1e-5
+    top1 = reference.argmax(1)
+    converted[2, (top1[2] + 1) % 10] = reference[2].max() + 1.0  # image 2 flips its top-1
+    converted[4] += 0.5  # image 4 shifts every logit: a large diff, the same ranking
+    labels = top1.copy()  # the reference is right on every image
+    result = parity.compare(reference, converted, labels, 0, [f"img{i}" for i in range(6)], 3)
+    metrics = result["metrics"]
+    assert metrics["parity_top1_agreement"] == pytest.approx(5 / 6)
+    assert metrics["parity_reference_top1"] == 100.0
+    assert metrics["parity_top1_delta"] == pytest.approx(-100 / 6)
+    assert metrics["parity_max_abs_diff"] == pytest.approx(
+        float(np.abs(converted - reference).max()))
+    # the disagreeing image first, then the largest difference
+    assert [w["image"] for w in result["worst_images"]][:2] == ["img2", "img4"]
+    assert result["worst_images"][0]["converted_top1"] == (top1[2] + 1) % 10
+    assert result["disagreeing_images"] == 1
+    found = parity.breaches(metrics, TIGHT)
+    assert len(found) == 3 and found[0].startswith("max_abs_diff")
+    assert "top1_agreement 0.8333 < 0.999" in found[1] and "top1 delta -16.667" in found[2]
+
+
+def test_within_tolerance_passes_and_nan_is_a_breach() -> None:
+    reference = np.eye(4, 8, dtype=np.float32) * 5
+    assert parity.breaches(parity.compare(reference, reference + 1e-4, np.arange(4), 0,
+                                          list("abcd"), 2)["metrics"], TIGHT) == []
+    broken = reference.copy()
+    broken[1, 1] = np.nan
+    result = parity.compare(reference, broken, np.arange(4), 0, list("abcd"), 2)
+    assert result["worst_images"][0]["image"] == "b"
+    assert parity.breaches(result["metrics"], TIGHT)[0].startswith("max_abs_diff nan")
+
+
+def _pipeline(cfg: RunConfig, folder: Path, export_seed: int) -> dict[str, Path]:
+    """preprocess, then export (weights of `export_seed`), convert and infer: real artifacts."""
+    data = folder / "dataset"
+    data.mkdir(parents=True)
+    preprocess.run(cfg, {}, data)
+    net = build.build(cfg.model, None, export_seed)
+    with torch.no_grad():
+        export_onnx(net, cfg, folder / "model.onnx")
+    model = ort_backend.convert(folder / "model.onnx", folder, cfg.chip, cfg.bs)
+    (folder / "infer").mkdir()
+    infer.run(cfg, {"model": model, "dataset": data}, folder / "infer")
+    return {"logits": folder / "infer" / infer.INDEX, "dataset": data}
+
+
+def test_a_converted_model_that_is_not_the_checkpoint_fails_naming_images(
+    generated_images: Path, tmp_path: Path
+) -> None:
+    cfg = run_config("model=alexnet", "model.weights=random", "dataset=imagenet",
+                     f"dataset.root={generated_images}", f"paths.cache_dir={tmp_path / 'cache'}",
+                     "bs=4", "preprocess.workers=1")
+    # the "converted" model was exported from other weights: a silent conversion error
+    wrong = _pipeline(cfg, tmp_path / "wrong", export_seed=cfg.seed + 1)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ParityError) as error:
+        parity.run(cfg, wrong, tmp_path / "out")
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("parity (fp32): the converted model differs from PyTorch beyond "
+                              "parity.tolerance.fp32: max_abs_diff")
+    assert "top1_agreement" in message and "synthetic_000000" in message and "JPEG" in message
+    report = json.loads((tmp_path / "out" / parity.REPORT).read_text())
+    assert report["passed"] is False and len(report["worst_images"]) == cfg.parity.worst
+    assert report["worst_images"][0]["reference_top1"] != report["worst_images"][0][
+        "converted_top1"]
+
+    # the right model passes; the PyTorch logits were cached once and are reused
+    right = _pipeline(cfg, tmp_path / "right", export_seed=cfg.seed)
+    (reference_entry,) = [p for p in (tmp_path / "cache" / parity.REFERENCE_STAGE).iterdir()
+                          if p.is_dir()]
+    stamp = (reference_entry / "result.json").stat().st_mtime_ns
+    (tmp_path / "ok").mkdir()
+    output = parity.run(cfg, right, tmp_path / "ok")
+    assert output.metrics["parity_top1_agreement"] == 1.0
+    assert output.metrics["parity_max_abs_diff"] <= TIGHT.max_abs_diff
+    assert output.metrics["parity_top1_delta"] == output.metrics["parity_top5_delta"] == 0.0
+    assert (reference_entry / "result.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_a_breach_fails_the_cli_run_in_mlflow(workspace: Workspace) -> None:
+    common = ["model=alexnet", "dataset=synthetic", "dataset.synthetic.num_images=24",
+              "model.weights=random", "stage=accuracy", "bs=8"]
+    workspace.run(*common)
+    result = workspace.run(*common, "parity.tolerance.fp32.max_abs_diff=1e-12", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("runner: error: parity")]
+    assert "max_abs_diff" in line and "worst images: synthetic_" in line
+    passed, failed = workspace.runs()
+    assert passed.info.status == "FINISHED"
+    assert passed.data.metrics["parity_top1_agreement"] == 1.0
+    assert 0 < passed.data.metrics["parity_max_abs_diff"] <= 1e-3, (
+        "ONNX Runtime and PyTorch agree bit for bit here: this test needs another breach")
+    assert {"parity_mean_abs_diff", "parity_top1_delta", "parity_top5_delta",
+            "parity_reference_top1"} <= set(passed.data.metrics)
+    assert failed.info.status == "FAILED"
+    assert "max_abs_diff" in failed.data.tags["error"] and "worst images" in failed.data.tags[
+        "error"]
+    assert "top1" not in failed.data.metrics  # evaluate never ran
+
+
+def test_tolerances_are_configurable_and_checked() -> None:
+    cfg = run_config("parity.tolerance.fp16.max_abs_diff=0.5", "chip.precision=fp16")
+    assert cfg.parity.tolerance.fp16.max_abs_diff == 0.5
+    assert cfg.parity.tolerance.fp32.max_abs_diff < cfg.parity.tolerance.fp16.max_abs_diff
+    assert parity.key_config(cfg)["tolerance"]["max_abs_diff"] == 0.5
+    with pytest.raises(ConfigError, match=r"parity\.tolerance\.fp32\.min_top1_agreement=2\.0"):
+        run_config("parity.tolerance.fp32.min_top1_agreement=2")
+    with pytest.raises(ConfigError, match=r"parity\.tolerance\.fp16\.max_abs_diff=-1\.0 must"):
+        run_config("parity.tolerance.fp16.max_abs_diff=-1")
