@@ -75,7 +75,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_help_lists_the_groups() -> None:
     result = _cli("--help")
     assert result.returncode == 0, result.stderr
-    for line in ("model: alexnet", "stage: accuracy, all, performance", "chip: cpu"):
+    for line in ("model: alexnet", "stage: accuracy, all, performance",
+                 "chip: ascend310, ascend310p3, ascend910b, cpu, cuda, cuda_ort, torch_cpu"):
         assert line in result.stdout
 
 

@@ -9,15 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from runner import environment
+from runner import devices, environment
 from runner.backends import backend_for
 from runner.cache import StageOutput, atomic_write_text, source_digest
 from runner.config import RunConfig
-from runner.measurement import measure, method_description
+from runner.measurement import method_description
 
 NEEDS = ("model",)
 GIVES = ("benchmark_json",)
-CODE = ("runner.measurement",)
+CODE = ("runner.measurement", "runner.devices")
 RESULT_FILE = "benchmark.json"
 TIMED_SPAN = "one synchronous session.run on a preallocated host batch (no preprocessing)"
 
@@ -41,23 +41,40 @@ def input_batch(cfg: RunConfig) -> np.ndarray:
     return np.random.default_rng(cfg.seed).standard_normal(shape, dtype=np.float32)
 
 
-def run(cfg: RunConfig, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
-    session = backend_for(cfg.chip).open_session(inputs["model"], cfg.chip, cfg.chip.devices[0])
-    batch = input_batch(cfg)
-    result = measure(lambda: session.run(batch), cfg.benchmark, cfg.bs)
-    report = {
-        "metrics": result.metrics(),
-        "method": method_description(cfg.benchmark, TIMED_SPAN),
-        "session": session.describe(),
-        "environment": environment.capture(cfg.chip),
-        "warmup": {"iterations": result.warmup_iters, "seconds": result.warmup_s},
-        "trials": result.trials,
-        "window_fps": result.window_fps,
-        "compute_ms": result.compute_ms,
+def device_report(result: devices.DeviceBenchmark) -> dict[str, Any]:
+    measured = result.measurement
+    return {
+        "device": result.device,
+        "session": result.session,
+        "warmup": {"iterations": measured.warmup_iters, "seconds": measured.warmup_s},
+        "trials": measured.trials,
+        "window_fps": measured.window_fps,
+        "compute_ms": measured.compute_ms,
+        "runtime_compute_ms": result.own_compute_ms,
+        "untimed_calls_after": result.untimed_calls_after,
     }
+
+
+def run(cfg: RunConfig, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
+    # one worker per device of chip.devices, all measured at once
+    results = devices.benchmark(cfg, inputs["model"], input_batch)
+    metrics = devices.aggregate_metrics(results, cfg.chip.runtime, cfg.bs)
+    method = method_description(cfg.benchmark, TIMED_SPAN)
+    if len(results) > 1:
+        method["devices"] = devices.AGGREGATE_METHOD
+    if any(r.own_compute_ms for r in results):
+        method[f"{cfg.chip.runtime}_throughput_fps"] = (
+            "1000 * bs / mean of the runtime's own execute times of the timed calls")
+    report: dict[str, Any] = {"metrics": metrics, "method": method,
+                              "environment": environment.capture(cfg.chip)}
+    if len(results) == 1:
+        report.update(device_report(results[0]))
+    else:
+        report["devices"] = [device_report(r) for r in results]
     atomic_write_text(out_dir / RESULT_FILE, json.dumps(report, indent=2))
     return StageOutput(
         artifacts={"benchmark_json": RESULT_FILE},
-        metrics=result.metrics(),
-        info={"method": report["method"], "stable": result.stable, "trials": result.trials},
+        metrics=metrics,
+        info={"method": method, "stable": all(r.measurement.stable for r in results),
+              "trials": [r.measurement.trials for r in results]},
     )
