@@ -24,6 +24,8 @@ STAGE_NAMES = ("export", "convert", "preprocess", "infer", "parity", "evaluate",
 DEFAULT_STAGES = ("export", "convert", "preprocess", "infer", "parity", "evaluate", "benchmark")
 RUNTIMES = ("onnxruntime", "torch", "ais_bench")
 PRECISIONS = ("fp32", "fp16")
+# the kinds of device each runtime can drive
+DEVICE_TYPES = {"onnxruntime": ("cpu", "cuda"), "torch": ("cpu", "cuda"), "ais_bench": ("npu",)}
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -128,21 +130,53 @@ class DatasetConfig:
 class ChipConfig:
     name: str = MISSING
     runtime: str = "onnxruntime"
+    device_type: str = "cpu"  # cpu | cuda | npu
     providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
     precision: str = "fp32"
     threads: int = 0  # intra-op threads per device; 0 lets the runtime decide
+    # several ids: the dataset is sharded and the benchmark runs one worker per device at once
     devices: list[int] = field(default_factory=lambda: [0])
-    soc_version: str | None = None
-    atc_options: dict[str, Any] = field(default_factory=dict)
+    soc_version: str | None = None  # Ascend: e.g. Ascend310P3, or auto (read from npu-smi info)
+    atc_options: dict[str, Any] = field(default_factory=dict)  # extra atc --key=value options
+    # Ascend: one OM for these batch sizes (atc --dynamic_batch_size) instead of one per bs
+    dynamic_batch_sizes: list[int] = field(default_factory=list)
     channels_last: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("chip.runtime", self.runtime, RUNTIMES)
+        _check_choice("chip.device_type", self.device_type, DEVICE_TYPES[self.runtime])
         _check_choice("chip.precision", self.precision, PRECISIONS)
         if self.threads < 0:
             raise ConfigError(f"chip.threads={self.threads} must be >= 0")
         if not self.devices:
             raise ConfigError("chip.devices is empty: give at least one device id, e.g. [0]")
+        if len(set(self.devices)) != len(self.devices) or min(self.devices) < 0:
+            raise ConfigError(f"chip.devices={self.devices} must be distinct ids >= 0")
+        if self.runtime == "ais_bench" and not self.soc_version:
+            raise ConfigError(
+                f"chip.soc_version is not set for chip={self.name}: give the atc soc_version "
+                "(e.g. Ascend310P3) or auto to read it from npu-smi info"
+            )
+        if self.soc_version and not (
+            self.soc_version == "auto" or self.soc_version.startswith("Ascend")
+        ):
+            raise ConfigError(
+                f"chip.soc_version={self.soc_version!r} is not an atc soc_version "
+                "(Ascend310, Ascend310P3, Ascend910B3, ...) or auto"
+            )
+        if self.dynamic_batch_sizes:
+            if self.runtime != "ais_bench":
+                raise ConfigError(
+                    f"chip.dynamic_batch_sizes is for Ascend OM models (runtime ais_bench), "
+                    f"not runtime {self.runtime}: remove it"
+                )
+            sizes = self.dynamic_batch_sizes
+            distinct = len(set(sizes)) == len(sizes)
+            if not (distinct and 2 <= len(sizes) <= 100 and min(sizes) >= 1):
+                raise ConfigError(
+                    f"chip.dynamic_batch_sizes={sizes} must be 2 to 100 distinct sizes >= 1 "
+                    "(atc --dynamic_batch_size)"
+                )
 
 
 @dataclass
@@ -310,6 +344,11 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.bs <= 0:
             raise ConfigError(f"bs={self.bs} must be a positive integer, e.g. bs=16")
+        sizes = self.chip.dynamic_batch_sizes
+        if sizes and self.bs not in sizes:
+            raise ConfigError(
+                f"bs={self.bs} is not one of chip.dynamic_batch_sizes={sizes}: add it there"
+            )
 
     @property
     def cache_dir(self) -> Path:

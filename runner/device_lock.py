@@ -18,7 +18,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,23 +180,23 @@ class BusyCheck:
         ]
 
 
-def check_busy(chip: ChipConfig, device: int, threshold: float) -> BusyCheck:
+def check_busy(chip: ChipConfig, devices: list[int], threshold: float) -> BusyCheck:
     check = BusyCheck(threshold_pct=100.0 * threshold)
     check.readings.append(BusyReading("cpu", cpu_busy_pct()))
     readers = {"nvidia-smi": nvidia_busy, "npu-smi": npu_busy}
     for tool in device_tools(chip):
-        check.readings.append(readers[tool](device))
+        check.readings.extend(readers[tool](device) for device in devices)
     return check
 
 
 @dataclass
 class GuardRecord:
-    lock: LockRecord
+    locks: list[LockRecord]
     busy: BusyCheck
 
     def report(self) -> dict[str, Any]:
         return {
-            "lock": asdict(self.lock),
+            "locks": [asdict(lock) for lock in self.locks],
             "busy_pct": self.busy.busy_pct,
             "busy_threshold_pct": self.busy.threshold_pct,
             "readings": [asdict(r) for r in self.busy.readings],
@@ -205,11 +205,15 @@ class GuardRecord:
 
 
 @contextmanager
-def guard(cache_dir: Path, chip: ChipConfig, device: int,
+def guard(cache_dir: Path, chip: ChipConfig, devices: list[int],
           threshold: float) -> Iterator[GuardRecord]:
-    """Hold the device's lock, then check how busy it is; for the timed work inside."""
-    with device_lock(cache_dir, chip.name, device) as lock:
-        busy = check_busy(chip, device, threshold)
+    """Hold the locks of all the job's devices, then check how busy they are; for the timed work
+    inside. Locks are taken in device order, so two jobs sharing devices never each hold one
+    that the other waits for (their workers would meet at the start barrier, deadlocked)."""
+    ordered = sorted(set(devices))
+    with ExitStack() as stack:
+        locks = [stack.enter_context(device_lock(cache_dir, chip.name, d)) for d in ordered]
+        busy = check_busy(chip, ordered, threshold)
         for warning in busy.warnings:
-            log.warning("device %s:%d: %s", chip.name, device, warning)
-        yield GuardRecord(lock, busy)
+            log.warning("%s devices %s: %s", chip.name, ordered, warning)
+        yield GuardRecord(locks, busy)

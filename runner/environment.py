@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import platform
+import shutil
 import socket
 import subprocess
 from functools import cache
@@ -42,6 +45,20 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def module_version(name: str) -> str:
+    """A package's version: installed metadata, else its __version__; 'not installed'."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        pass
+    if importlib.util.find_spec(name) is None:
+        return "not installed"
+    try:
+        return str(getattr(importlib.import_module(name), "__version__", "unknown"))
+    except ImportError as error:
+        return f"unusable ({error})"
+
+
 def git_commit() -> str:
     try:
         commit = subprocess.run(
@@ -57,8 +74,86 @@ def git_commit() -> str:
     return f"{commit}-dirty" if dirty else commit
 
 
+def _run(command: list[str]) -> str | None:
+    """A tool's standard output, or None where it is not installed or fails."""
+    if shutil.which(command[0]) is None:
+        return None
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout if result.returncode == 0 else None
+
+
+@cache
+def nvidia_smi() -> list[tuple[str, str]] | None:
+    """(name, driver version) of each GPU, from nvidia-smi; None without it."""
+    out = _run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"])
+    if out is None:
+        return None
+    rows = [line.rsplit(",", 1) for line in out.splitlines() if "," in line]
+    return [(name.strip(), driver.strip()) for name, driver in rows]
+
+
+def _pick(values: list[str], devices: list[int]) -> str:
+    """The values of the run's devices (all of them where the ids do not index the list)."""
+    chosen = [values[d] for d in devices if d < len(values)] or values
+    return ",".join(dict.fromkeys(chosen))
+
+
+def _cuda_facts(chip: ChipConfig) -> dict[str, Any]:
+    gpus = nvidia_smi()
+    facts: dict[str, Any] = {
+        "device_name": _pick([n for n, _ in gpus], chip.devices) if gpus
+        else "unknown (nvidia-smi not found)",
+        "driver_version": _pick([d for _, d in gpus], chip.devices) if gpus else "unknown",
+    }
+    if chip.runtime == "torch":
+        import torch
+
+        cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+        facts["runtime_version"] = (f"torch {torch.__version__}, CUDA {torch.version.cuda}, "
+                                    f"cuDNN {cudnn}")
+        facts["cuda_available"] = torch.cuda.is_available()
+    else:
+        versions = library_versions()
+        ort_version = versions.get("onnxruntime-gpu") or versions.get("onnxruntime")
+        facts["runtime_version"] = f"onnxruntime {ort_version}"
+    return facts
+
+
+def _npu_facts(chip: ChipConfig) -> dict[str, Any]:
+    from runner.backends import ascend
+
+    info = ascend.npu_smi_info()
+    return {
+        "device_name": _pick([f"Ascend{n}" for n in info.names], chip.devices)
+        if info and info.names else "unknown (npu-smi not found or lists no NPU)",
+        "driver_version": f"npu-smi {info.version}" if info else "unknown",
+        "runtime_version": f"CANN {ascend.cann_version()}, ais_bench "
+                           f"{module_version('ais_bench')}, aclruntime "
+                           f"{module_version('aclruntime')}",
+        "soc_version": chip.soc_version,
+    }
+
+
+def _thread_facts(chip: ChipConfig) -> dict[str, Any]:
+    facts: dict[str, Any] = {
+        "threads": chip.threads or "runtime default",  # intra-op threads per device
+        "usable_cores": len(os.sched_getaffinity(0)),
+    }
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        facts[variable.lower()] = os.environ.get(variable, "unset")
+    if chip.runtime == "torch":
+        import torch
+
+        facts["torch_threads"] = torch.get_num_threads()
+    return facts
+
+
 def capture(chip: ChipConfig) -> dict[str, Any]:
-    """Facts about this machine and chip, logged as MLflow tags (`env.*`)."""
+    """Facts about this machine and chip, logged as MLflow tags (`env.*`): the device and its
+    driver (nvidia-smi, npu-smi or the CPU model), runtime and library versions, threads."""
     facts: dict[str, Any] = {
         "host": socket.gethostname(),
         "os": platform.platform(),
@@ -67,8 +162,17 @@ def capture(chip: ChipConfig) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "chip": chip.name,
         "runtime": chip.runtime,
-        "threads": chip.threads or "runtime default",
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
+        "device_type": chip.device_type,
+        "devices": ",".join(map(str, chip.devices)),
     }
+    if chip.device_type == "cuda":
+        facts.update(_cuda_facts(chip))
+    elif chip.device_type == "npu":
+        facts.update(_npu_facts(chip))
+    else:
+        facts.update({"device_name": cpu_model(), "driver_version": "n/a (CPU)",
+                      "runtime_version": f"{chip.runtime} "
+                      f"{library_versions().get(chip.runtime, 'unknown')}"})
+    facts.update(_thread_facts(chip))
     facts.update({f"lib.{name}": version for name, version in library_versions().items()})
     return facts

@@ -23,7 +23,7 @@ def alexnet(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, 
     out = tmp_path_factory.mktemp("export")
     with torch.no_grad():
         export_onnx(net, cfg, out / "model.onnx")
-    optimized = ort_backend.convert(out / "model.onnx", out, cfg.chip, cfg.bs)
+    optimized, _ = ort_backend.convert(out / "model.onnx", out, cfg)
     return net, out / "model.onnx", optimized
 
 

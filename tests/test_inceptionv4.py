@@ -138,7 +138,7 @@ def test_export_has_the_guides_interface_and_onnx_runtime_matches_pytorch(
         expected = net(torch.from_numpy(batch)).numpy()
     assert expected.shape == (5, 1001)
     assert float(expected.std(axis=0).mean()) > 1e-3  # the images give different logits
-    optimized = ort_backend.convert(target, folder, cfg.chip, cfg.bs)
+    optimized, _ = ort_backend.convert(target, folder, cfg)
     session = ort_backend.open_session(optimized, cfg.chip, 0)
     for size in (1, 2, 5):  # the dynamic batch axis
         got = np.concatenate([session.run(batch[i:i + size]) for i in range(0, 5, size)])

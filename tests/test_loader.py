@@ -168,7 +168,7 @@ def test_the_infer_stage_resumes_and_times_only_what_it_computes(small, tmp_path
     assert first.metrics["e2e_images"] == 20
     assert first.metrics["e2e_fps"] == pytest.approx(20 / first.metrics["e2e_wall_s"])
     assert e2e["metrics"] == first.metrics
-    assert e2e["device"]["lock"]["path"].endswith("locks/cpu-device0.lock")
+    assert e2e["device"]["locks"][0]["path"].endswith("locks/cpu-device0.lock")
     assert set(e2e["method"]) >= {"timer", "warmup", "e2e_fps", *infer.PARTS}
     for part in infer.PARTS:  # mean per batch of 1 image
         assert first.metrics[f"e2e_{part}_ms"] == pytest.approx(e2e["times"][f"{part}_ms"] / 20)

@@ -64,7 +64,7 @@ def _pipeline(cfg: RunConfig, folder: Path, export_seed: int) -> dict[str, Path]
     net = build.build(cfg.model, None, export_seed)
     with torch.no_grad():
         export_onnx(net, cfg, folder / "model.onnx")
-    model = ort_backend.convert(folder / "model.onnx", folder, cfg.chip, cfg.bs)
+    model, _ = ort_backend.convert(folder / "model.onnx", folder, cfg)
     (folder / "infer").mkdir()
     infer.run(cfg, {"model": model, "dataset": data}, folder / "infer")
     return {"logits": folder / "infer" / infer.INDEX, "dataset": data}

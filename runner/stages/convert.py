@@ -16,10 +16,11 @@ CODE: tuple[str, ...] = ()
 
 def key_config(cfg: RunConfig) -> dict[str, Any]:
     backend = backend_for(cfg.chip)
-    return {**backend.convert_key(cfg.chip, cfg.bs), "code": source_digest(backend.__name__)}
+    return {**backend.convert_key(cfg), "code": source_digest(backend.__name__)}
 
 
 def run(cfg: RunConfig, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
     backend = backend_for(cfg.chip)
-    model_path = backend.convert(inputs["onnx"], out_dir, cfg.chip, cfg.bs)
-    return StageOutput(artifacts={"model": model_path.name}, info={"runtime": cfg.chip.runtime})
+    model_path, facts = backend.convert(inputs["onnx"], out_dir, cfg)
+    return StageOutput(artifacts={"model": model_path.name},
+                       info={"runtime": cfg.chip.runtime, **facts})

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from runner import device_lock, environment
+from runner import device_lock, devices, environment
 from runner.backends import Session, backend_for
 from runner.cache import StageOutput, atomic_save_npy, atomic_write_text, source_digest
 from runner.config import PreprocessRecipe, RunConfig
@@ -62,7 +62,8 @@ def key_config(cfg: RunConfig) -> dict[str, Any]:
     return {
         "bs": cfg.bs,
         "chip": {"runtime": cfg.chip.runtime, "providers": cfg.chip.providers,
-                 "precision": cfg.chip.precision},
+                 "precision": cfg.chip.precision, "device_type": cfg.chip.device_type,
+                 "channels_last": cfg.chip.channels_last},
         "normalize": {"mean": recipe.mean, "std": recipe.std},
         "backend_code": source_digest(backend.__name__),
         "result_format": cfg.infer.result_format,
@@ -159,39 +160,62 @@ def infer_chunks(
     return times
 
 
+def infer_on_device(device: int, cfg: RunConfig, model_path: Path, dataset_path: Path,
+                    out_dir: Path, chunks: list[tuple[int, int]]) -> tuple[PartTimes, dict]:
+    """One device's share of the chunks: its own session, warmed up, then `infer_chunks`.
+    A module-level function, so `runner.devices` can run it in a worker process per device."""
+    data = PreprocessedDataset(dataset_path)
+    session = backend_for(cfg.chip).open_session(model_path, cfg.chip, device)
+    recipe = cfg.model.preprocess
+    first_start, first_stop = chunks[0]
+    first = normalize(data.read(first_start, min(first_start + cfg.bs, first_stop)), recipe)
+    for _ in range(WARMUP_CALLS):
+        session.run(first)
+    devices.start_together()  # with several devices, their timed passes overlap
+    images = sum(stop - start for start, stop in chunks)
+    progress = tqdm(total=images, desc=f"infer bs={cfg.bs} device {device}", unit="img")
+    times = infer_chunks(session, data, recipe, cfg.bs, chunks, out_dir, progress=progress)
+    progress.close()
+    return times, session.describe()
+
+
 def run(cfg: RunConfig, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
     data = PreprocessedDataset(inputs["dataset"])
-    device = cfg.chip.devices[0]
-    session = backend_for(cfg.chip).open_session(inputs["model"], cfg.chip, device)
-    recipe = cfg.model.preprocess
     (out_dir / LOGITS_DIR).mkdir(exist_ok=True)
     chunks = chunk_ranges(len(data), cfg.bs * BATCHES_PER_CHUNK)
     todo = [c for c in chunks if not (out_dir / chunk_name(c[0])).is_file()]
     resumed_images = len(data) - sum(stop - start for start, stop in todo)
-    progress = tqdm(total=len(data), initial=resumed_images, desc=f"infer bs={cfg.bs}",
-                    unit="img")
     times = PartTimes()
     guard_report: dict[str, Any] | None = None
+    per_device: dict[int, tuple[PartTimes, dict]] = {}
     if todo:
-        with device_lock.guard(cfg.cache_dir, cfg.chip, device,
+        # with several devices, each computes a share of the chunks, all at once
+        work = {device: (cfg, inputs["model"], inputs["dataset"], out_dir, share)
+                for device, share in devices.shard(todo, cfg.chip.devices).items()}
+        with device_lock.guard(cfg.cache_dir, cfg.chip, list(work),
                                cfg.benchmark.busy_threshold) as guard:
-            first = normalize(data.read(0, min(cfg.bs, len(data))), recipe)
-            for _ in range(WARMUP_CALLS):
-                session.run(first)
-            times = infer_chunks(session, data, recipe, cfg.bs, todo, out_dir, progress=progress)
+            per_device = devices.run_on_devices(infer_on_device, work)
         guard_report = guard.report()
-    progress.close()
+        parts = [part for part, _ in per_device.values()]
+        times = parts[0] if len(parts) == 1 else PartTimes.combine(
+            parts, wall_s=max(part.wall_s for part in parts))
     files = [chunk_name(start) for start, _ in chunks]
     atomic_write_text(out_dir / INDEX, json.dumps({"files": files, "count": len(data)}))
     metrics = times.metrics()
+    if len(per_device) > 1:
+        for device, (part, _) in per_device.items():
+            metrics.update({f"{k}_dev{device}": v for k, v in part.metrics().items()
+                            if k == "e2e_fps"})
     if guard_report is not None and guard_report["busy_pct"] is not None:
         metrics["e2e_device_busy_pct"] = guard_report["busy_pct"]
+    sessions = {str(device): facts for device, (_, facts) in per_device.items()}
     report = {
         "metrics": metrics,
         "times": asdict(times),
+        "per_device_times": {str(d): asdict(part) for d, (part, _) in per_device.items()},
         "method": METHOD,
         "resumed_images": resumed_images,
-        "session": session.describe(),
+        "sessions": sessions,
         "device": guard_report,
         "environment": environment.capture(cfg.chip),
     }
@@ -199,7 +223,7 @@ def run(cfg: RunConfig, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
     output = StageOutput(
         artifacts={"logits": INDEX, "e2e_json": E2E_FILE},
         metrics=metrics,
-        info={"session": session.describe(), "resumed_chunks": len(chunks) - len(todo),
+        info={"devices": sessions, "resumed_chunks": len(chunks) - len(todo),
               "computed_chunks": len(todo)},
     )
     if cfg.infer.result_format != "none":

@@ -1,0 +1,114 @@
+"""Several devices at once: sharding, concurrent workers and their failures, the aggregate
+figures, and a two-device CPU run (two ONNX Runtime workers, one intra-op thread each)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from runner import devices
+from runner.errors import DatasetError
+from runner.measurement import Measurement, TimedRun
+from tests import reference
+from tests.conftest import Workspace
+from tests.device_workers import die_on_device_one, fail_on_device_one, report_process
+
+
+def test_shard_is_round_robin_and_skips_idle_devices() -> None:
+    assert devices.shard([10, 11, 12, 13, 14], [0, 3]) == {0: [10, 12, 14], 3: [11, 13]}
+    assert devices.shard([10], [0, 1, 2]) == {0: [10]}
+    assert devices.shard([], [0, 1]) == {}
+
+
+def test_one_device_runs_in_this_process() -> None:
+    result = devices.run_on_devices(report_process, {5: ("x",)})
+    assert result[5][:3] == (5, "x", os.getpid())
+
+
+def test_several_devices_run_in_their_own_processes_at_once() -> None:
+    result = devices.run_on_devices(report_process, {0: ("a",), 1: ("b",)})
+    assert [r[:2] for r in result.values()] == [(0, "a"), (1, "b")]
+    pids = {r[2] for r in result.values()}
+    assert len(pids) == 2 and os.getpid() not in pids
+    # both passed start_together before either went on: their clocks read close together
+    assert abs(result[0][3] - result[1][3]) < 5e9
+
+
+def test_a_worker_error_names_its_device() -> None:
+    with pytest.raises(DatasetError, match=r"^device 1: chunk 3 is unreadable$"):
+        devices.run_on_devices(fail_on_device_one, {0: (), 1: ()})
+
+
+def test_a_dead_worker_is_reported() -> None:
+    with pytest.raises(RuntimeError, match=r"worker for device 1 died \(exit code 3\)"):
+        devices.run_on_devices(die_on_device_one, {0: (), 1: ()})
+
+
+def _device_result(device: int, compute_ms: list[float], end_s: float, busy_s: tuple[float, float],
+                   own: list[float] | None = None) -> devices.DeviceBenchmark:
+    timed = TimedRun(batch_size=4, compute_ms=compute_ms, wall_s=sum(compute_ms) / 1e3,
+                     trials=1, stable=True, window_fps=[1.0], spread=0.05)
+    measurement = Measurement(batch_size=4, warmup_iters=1, warmup_s=0.1, runs=[timed])
+    return devices.DeviceBenchmark(device, measurement, {"device": device}, own or [],
+                                   int(end_s * 1e9), int(busy_s[0] * 1e9), int(busy_s[1] * 1e9))
+
+
+def test_aggregate_sums_devices_measured_together() -> None:
+    # device 0 timed from 100 s to 101 s, device 1 from 100.5 s to 101.5 s, both busy throughout
+    first = _device_result(0, [10.0] * 100, end_s=101.0, busy_s=(99.5, 101.6))
+    second = _device_result(1, [20.0] * 50, end_s=101.5, busy_s=(99.5, 101.6), own=[15.0] * 50)
+    metrics = devices.aggregate_metrics([first, second], "ais_bench", bs=4)
+    assert metrics["throughput_fps_dev0"] == pytest.approx(400.0)
+    assert metrics["throughput_fps_dev1"] == pytest.approx(200.0)
+    assert metrics["throughput_fps"] == pytest.approx(600.0)
+    assert metrics["wall_fps"] == pytest.approx(4 * 100 / 1.0 + 4 * 50 / 1.0)
+    assert metrics["benchmark_overlap"] == pytest.approx(1.0)
+    assert metrics["benchmark_devices"] == 2
+    assert metrics["latency_ms_p50"] == pytest.approx(10.0)
+    # the runtime's own figure only where every device reports it
+    assert metrics["ais_bench_throughput_fps_dev1"] == pytest.approx(1000 * 4 / 15)
+    assert "ais_bench_throughput_fps" not in metrics
+    # device 1 became busy at 100.8 s: 0.2 s of device 0's timed second had both busy
+    late = _device_result(1, [20.0] * 50, end_s=101.5, busy_s=(100.8, 101.6))
+    assert devices.aggregate_metrics([first, late], "onnxruntime", bs=4)[
+        "benchmark_overlap"] == pytest.approx(0.2)
+    single = devices.aggregate_metrics([second], "ais_bench", bs=4)
+    assert single["throughput_fps"] == pytest.approx(200.0)
+    assert single["ais_bench_throughput_fps"] == pytest.approx(1000 * 4 / 15)
+    assert "benchmark_devices" not in single
+
+
+@pytest.mark.slow
+def test_two_cpu_devices_report_each_and_their_aggregate(
+        workspace: Workspace, fast_benchmark: tuple[str, ...]) -> None:
+    # bs=1: 24 images are two infer chunks of 16 and 8, one per device
+    workspace.run("model=alexnet", "bs=1", "dataset=synthetic", "dataset.synthetic.num_images=24",
+                  "model.weights=random", "chip=cpu", "chip.threads=1", "chip.devices=[0,1]",
+                  *fast_benchmark, "benchmark.min_duration_s=1.0", "cache.force=[infer]")
+    (run,) = workspace.runs()
+    assert run.info.status == "FINISHED"
+    metrics = run.data.metrics
+    assert metrics["benchmark_devices"] == 2
+    assert metrics["throughput_fps_dev0"] > 0 and metrics["throughput_fps_dev1"] > 0
+    assert metrics["throughput_fps"] == pytest.approx(
+        metrics["throughput_fps_dev0"] + metrics["throughput_fps_dev1"])
+    assert metrics["benchmark_overlap"] > 0.9  # timed while both devices were busy
+    assert run.data.tags["env.devices"] == "0,1"
+    artifacts = Path(mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, tracking_uri=workspace.tracking_uri))
+    report = json.loads((artifacts / "stages" / "benchmark" / "benchmark.json").read_text())
+    assert [d["device"] for d in report["devices"]] == [0, 1]
+    assert [d["session"]["intra_op_threads"] for d in report["devices"]] == [1, 1]
+    for device in report["devices"]:
+        assert len(device["compute_ms"]) >= 5
+    assert "devices" in report["method"]
+    infer_info = json.loads((artifacts / "stages" / "infer" / "info.json").read_text())
+    assert {d: facts["images"] for d, facts in infer_info["devices"].items()} == {"0": 16, "1": 8}
+    # the two shards, put back in order, are the exported model's logits
+    expected = reference.onnx_cpu_logits(workspace, run)
+    assert np.abs(reference.run_logits(workspace, run) - expected).max() <= 1e-4
