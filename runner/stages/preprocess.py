@@ -19,6 +19,7 @@ from runner.cache import StageOutput, atomic_save_npy, atomic_write_text
 from runner.config import PreprocessRecipe, RunConfig
 from runner.data import dataset, synthetic
 from runner.data.transforms import load_cropped
+from runner.interrupts import ignore_in_worker
 
 NEEDS: tuple[str, ...] = ()
 GIVES = ("dataset",)
@@ -28,7 +29,8 @@ MANIFEST = "manifest.json"
 
 def key_config(cfg: RunConfig) -> dict[str, Any]:
     synthetic.ensure(cfg.dataset)
-    samples = dataset.list_samples(cfg.dataset)
+    # with the model: labels outside its classes stop the run here, before any work
+    samples = dataset.list_samples(cfg.dataset, cfg.model)
     recipe = cfg.model.preprocess
     return {
         "dataset": dataset.fingerprint(cfg.dataset, samples),
@@ -56,7 +58,7 @@ def run(cfg: RunConfig, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
     workers = cfg.preprocess.workers or os.cpu_count() or 1
     done = sum(len(chunk) for i, chunk in enumerate(chunks) if i not in set(todo))
     progress = tqdm(total=len(samples), initial=done, desc="preprocess", unit="img")
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=ignore_in_worker) as pool:
         for index in todo:
             jobs = [(str(s.path), recipe) for s in chunks[index]]
             crops = []
