@@ -1,4 +1,4 @@
-from runner.cli import main
+from runner.cli import entry
 
 if __name__ == "__main__":
-    main()
+    entry()

@@ -9,8 +9,10 @@ A file lock per key keeps two processes (parallel sweep jobs) from computing the
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -18,11 +20,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
+from runner.errors import StorageError
+
 RESULT_FILE = "result.json"
+# write failures that mean "this disk cannot take the output", as opposed to a bad input file
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
 
 
 @dataclass
@@ -64,13 +70,25 @@ def digest_file(path: Path, algorithm: str = "sha256") -> str:
     return hasher.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+@contextmanager
+def _atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A stream whose content appears at `path` only when complete; on any failure (disk full,
+    Ctrl-C) the temporary file is removed, so no half-written file is ever left behind."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as stream:
+    try:
+        with open(tmp, "wb") as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
+    with _atomic_file(path) as stream:
         stream.write(data)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(tmp, path)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -78,12 +96,10 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as stream:
-        np.save(stream, array)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(tmp, path)
+    # serialized in memory first: np.save into a file reports a full disk without an errno
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    atomic_write_bytes(path, buffer.getbuffer())
 
 
 @contextmanager
@@ -123,13 +139,38 @@ def run_cached(
             return entry
         if force and partial.exists():
             shutil.rmtree(partial)
-        partial.mkdir(parents=True, exist_ok=True)  # an existing one holds chunks to resume from
-        output = compute(partial)
-        atomic_write_text(partial / RESULT_FILE, json.dumps(asdict(output), indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(partial, final)
+        try:
+            # an existing partial folder holds finished chunks to resume from
+            partial.mkdir(parents=True, exist_ok=True)
+            output = compute(partial)
+            atomic_write_text(partial / RESULT_FILE, json.dumps(asdict(output), indent=2))
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(partial, final)
+        except OSError as error:
+            elsewhere = error.filename and not str(error.filename).startswith(str(cache_dir))
+            if error.errno not in STORAGE_ERRNOS or elsewhere:
+                raise  # not a failure to write this entry (e.g. an unreadable input)
+            raise StorageError(
+                f"cannot write the {stage} cache entry in {partial.parent} "
+                f"({os.strerror(error.errno)}): free space there or pass "
+                "paths.cache_dir=/a/writable/folder; finished chunks are kept for the rerun"
+            ) from None
         return CacheEntry(stage, key, final, output, hit=False)
+
+
+def check_writable(folder: Path, key: str) -> None:
+    """Fail before any work when the output folder `key` names cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise StorageError(
+            f"{key}={folder} is not writable ({reason}): pass {key}=/a/writable/folder"
+        ) from None
 
 
 def source_digest(module_name: str) -> str:

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
+import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from runner import config, pipeline, tracking
+from runner import config, interrupts, pipeline, redact, tracking
+from runner.cache import STORAGE_ERRNOS, check_writable
 from runner.errors import RunnerError
 
 log = logging.getLogger("runner")
@@ -20,6 +27,8 @@ log = logging.getLogger("runner")
 config.register()
 
 SUMMARY_METRICS = ("top1", "top5", "throughput_fps", "latency_ms_p50", "latency_ms_p99", "e2e_fps")
+DEBUG_HINT = "rerun with debug=true for the traceback"
+DEBUG_OVERRIDE = re.compile(r"\+{0,2}debug=(true|yes|on|1)", re.IGNORECASE)
 
 
 def summary_table(cfg: config.RunConfig, result: pipeline.PipelineResult) -> str:
@@ -40,22 +49,92 @@ def summary_table(cfg: config.RunConfig, result: pipeline.PipelineResult) -> str
 def run_job(cfg: DictConfig) -> dict[str, float]:
     """One job: validate, run every configured stage inside an MLflow run; the metrics."""
     run_cfg = config.validate(cfg)
+    check_writable(run_cfg.cache_dir, "paths.cache_dir")
     tree: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     with tracking.tracked_run(run_cfg, tree, run_dir) as run_id:
-        log.info("MLflow run %s (%s)", run_id, run_cfg.mlflow.tracking_uri)
+        log.info("MLflow run %s (%s)", run_id, redact.text(run_cfg.mlflow.tracking_uri))
         result = pipeline.run(run_cfg, on_stage=tracking.log_stage)
     print(summary_table(run_cfg, result))
     return result.metrics
+
+
+def _close_progress_bars() -> None:
+    """A progress bar an error interrupted would share its line with the error message."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")[:1000]
+
+
+def _raised_by_hydra(error: BaseException) -> bool:
+    """Whether Hydra's own code raised `error` (a plain ValueError for some bad overrides)."""
+    frame = None
+    trace = error.__traceback__
+    while trace is not None:
+        frame, trace = trace.tb_frame, trace.tb_next
+    return frame is not None and str(frame.f_globals.get("__name__")).startswith("hydra.")
+
+
+def describe(error: BaseException) -> str:
+    """One line for any error: a RunnerError's own message, Hydra's multi-line composition
+    errors condensed, anything else named as unexpected, with the way to see its traceback."""
+    if isinstance(error, RunnerError):
+        return _first_line(str(error))
+    if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
+        group, _, name = error.missing_cfg_file.rpartition("/")
+        return (f"{group}={name} is not a known {group}: choose one of "
+                f"{', '.join(error.options)} (the files in conf/{group}/)")
+    if isinstance(error, HydraException | OmegaConfBaseException) or _raised_by_hydra(error):
+        parts = [_first_line(str(error)).rstrip(".")]
+        if isinstance(error.__cause__, OmegaConfBaseException):  # the reason, with the key
+            parts.append(_first_line(str(error.__cause__)))
+        return (": ".join(p for p in parts if p)
+                + " (python -m runner --help lists the groups, --cfg job the keys)")
+    if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS and error.filename:
+        return (f"cannot write {error.filename} ({error.strerror}): free space or choose "
+                "another folder (hydra.run.dir, paths.cache_dir, mlflow.artifact_location)")
+    return f"unexpected {type(error).__name__}: {_first_line(str(error))} ({DEBUG_HINT})"
 
 
 @hydra.main(version_base="1.3", config_path=str(config.PROJECT_ROOT / "conf"), config_name="config")
 def main(cfg: DictConfig) -> dict[str, float] | None:
     try:
         return run_job(cfg)
-    except RunnerError as error:
-        log.error("%s", error)
-        print(f"runner: error: {error}", file=sys.stderr)
+    except Exception as error:
+        if cfg.get("debug"):
+            traceback.print_exc()
+        message = redact.text(describe(error))
+        log.error("%s", message)
+        _close_progress_bars()
+        print(f"runner: error: {message}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             return None  # the other jobs of the sweep still run
+        raise SystemExit(1) from None
+
+
+def entry() -> None:
+    """`python -m runner`: Hydra's main, with every error as one line `runner: error: ...` and
+    exit status 1 (tracebacks with debug=true or HYDRA_FULL_ERROR=1), and Ctrl-C or SIGTERM as
+    an interruption that keeps finished work (exit status 128 + the signal number)."""
+    interrupts.install()
+    debug = (any(DEBUG_OVERRIDE.fullmatch(arg) for arg in sys.argv[1:])
+             or os.environ.get("HYDRA_FULL_ERROR") == "1")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors here instead of printing them
+    try:
+        main()
+    except KeyboardInterrupt:
+        signum = interrupts.received[-1] if interrupts.received else signal.SIGINT
+        _close_progress_bars()
+        print(f"runner: interrupted by {signal.Signals(signum).name}: finished stages and chunks "
+              "are kept in the cache; rerun the same command to resume", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
+    except Exception as error:
+        if debug:
+            raise
+        print(f"runner: error: {redact.text(describe(error))}", file=sys.stderr)
         raise SystemExit(1) from None

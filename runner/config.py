@@ -7,6 +7,7 @@ result into these objects, whose `__post_init__` checks the values a type cannot
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ RUNTIMES = ("onnxruntime", "torch", "ais_bench")
 PRECISIONS = ("fp32", "fp16")
 # the kinds of device each runtime can drive
 DEVICE_TYPES = {"onnxruntime": ("cpu", "cuda"), "torch": ("cpu", "cuda"), "ais_bench": ("npu",)}
+# `model.arch` is imported and called: only callables of these packages, unless widened with
+# security.extra_arch_prefixes
+BUILTIN_ARCH_PREFIXES = ("torchvision.models.", "runner.models.")
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -36,6 +40,17 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 def _check_positive(key: str, value: float) -> None:
     if value <= 0:
         raise ConfigError(f"{key}={value!r} must be > 0")
+
+
+def arch_allowed(name: str, prefixes: tuple[str, ...] | list[str],
+                 allow_private: bool = False) -> bool:
+    """Whether dotted `name` lies inside one of the packages `prefixes` ("pkg.sub." or "pkg.sub")
+    and, unless `allow_private`, names no private or dunder part on the way."""
+    parts = name.split(".")
+    if not all(parts) or (not allow_private and any(p.startswith("_") for p in parts)):
+        return False
+    packages = [p.rstrip(".") for p in prefixes]
+    return any(name.startswith(f"{package}.") for package in packages if package)
 
 
 @dataclass
@@ -325,6 +340,22 @@ class BenchmarkConfig:
 
 
 @dataclass
+class SecurityConfig:
+    """What a run may import beyond the safe defaults: widened only by saying so."""
+
+    # packages whose callables model.arch may name, besides torchvision.models and runner.models
+    extra_arch_prefixes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for prefix in self.extra_arch_prefixes:
+            if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\.?", prefix):
+                raise ConfigError(
+                    f"security.extra_arch_prefixes: {prefix!r} is not a package path such as "
+                    "mypkg.models"
+                )
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = MISSING
     dataset: DatasetConfig = MISSING
@@ -340,6 +371,8 @@ class RunConfig:
     infer: InferConfig = field(default_factory=InferConfig)
     parity: ParityConfig = field(default_factory=ParityConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    debug: bool = False  # print the traceback of an error, not only its one-line message
 
     def __post_init__(self) -> None:
         if self.bs <= 0:
@@ -348,6 +381,13 @@ class RunConfig:
         if sizes and self.bs not in sizes:
             raise ConfigError(
                 f"bs={self.bs} is not one of chip.dynamic_batch_sizes={sizes}: add it there"
+            )
+        allowed = (*BUILTIN_ARCH_PREFIXES, *self.security.extra_arch_prefixes)
+        if not arch_allowed(self.model.arch, allowed):
+            raise ConfigError(
+                f"model.arch={self.model.arch!r} is outside the allowed packages "
+                f"({', '.join(allowed)}): to trust another package, pass "
+                "security.extra_arch_prefixes=[its.prefix]"
             )
 
     @property

@@ -17,6 +17,10 @@ class WeightsError(RunnerError):
     """The checkpoint cannot be fetched, verified or loaded."""
 
 
+class ModelFileError(RunnerError):
+    """An ONNX (or converted) model file is corrupt or not a model."""
+
+
 class ToolMissingError(RunnerError):
     """An external tool (atc, ais_bench, a CUDA runtime) is not installed."""
 
@@ -27,3 +31,11 @@ class ParityError(RunnerError):
 
 class ResultFilesError(RunnerError):
     """A folder of per-image inference result files (ais_bench's layout) is unusable."""
+
+
+class TrackingError(RunnerError):
+    """The MLflow tracking store cannot be reached or written."""
+
+
+class StorageError(RunnerError):
+    """An output folder is full, read-only or otherwise not writable."""

@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import traceback
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from runner import environment
+from runner import environment, redact
 from runner.config import MlflowConfig, RunConfig
+from runner.errors import TrackingError
 from runner.models import weights
 from runner.pipeline import StageRecord
 
@@ -28,6 +34,37 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
             flat.update(flatten(value, f"{prefix}{key}."))
         return flat
     return {prefix.rstrip("."): tree}
+
+
+def check_store(settings: MlflowConfig, timeout_s: float = 5.0) -> None:
+    """Fail at once, naming the store, where MLflow would retry for minutes or fail obscurely."""
+    uri = settings.tracking_uri
+    shown = redact.text(uri)
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https"):
+        # /health answers without credentials; the userinfo is not for urllib
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        netloc += f":{parts.port}" if parts.port else ""
+        probe = parts._replace(netloc=netloc, path=parts.path.rstrip("/") + "/health").geturl()
+        try:
+            urllib.request.urlopen(probe, timeout=timeout_s).close()
+        except urllib.error.HTTPError:
+            return  # it answered: MLflow reports whatever it has to say (auth, wrong path ...)
+        except (urllib.error.URLError, OSError) as error:  # refused, unknown host, timed out
+            reason = getattr(error, "reason", error)
+            raise TrackingError(
+                f"MLflow tracking server {shown} is unreachable ({reason}): start it (e.g. "
+                "mlflow server --host 127.0.0.1 --port 5000) or pass "
+                "mlflow.tracking_uri=sqlite:///path/to/mlflow.db"
+            ) from None
+    elif parts.scheme == "sqlite":
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise TrackingError(
+                f"mlflow.tracking_uri={shown}: folder {folder} does not exist or is not "
+                "writable; create it or pass another mlflow.tracking_uri"
+            )
 
 
 def experiment_id(settings: MlflowConfig) -> str:
@@ -56,7 +93,7 @@ def run_tags(cfg: RunConfig) -> dict[str, str]:
     if src.is_random:
         tags["accuracy_note"] = "random weights: accuracy is meaningless"
     tags.update({f"env.{k}": str(v) for k, v in environment.capture(cfg.chip).items()})
-    return tags
+    return {name: redact.text(value) for name, value in tags.items()}
 
 
 def log_stage(record: StageRecord) -> None:
@@ -69,30 +106,36 @@ def log_stage(record: StageRecord) -> None:
         if path.is_file() and path.stat().st_size < 8 << 20 and path.suffix == ".json":
             mlflow.log_artifact(str(path), artifact_path=f"stages/{record.name}")
     if output.info:
-        mlflow.log_dict(output.info, f"stages/{record.name}/info.json")
+        mlflow.log_dict(redact.tree(output.info), f"stages/{record.name}/info.json")
 
 
 @contextmanager
 def tracked_run(cfg: RunConfig, config_tree: dict[str, Any], run_dir: Path) -> Iterator[str]:
     """An active MLflow run; FINISHED on success, FAILED (KILLED on Ctrl-C) with the error."""
+    check_store(cfg.mlflow)
     run = mlflow.start_run(
         experiment_id=experiment_id(cfg.mlflow),
         run_name=f"{cfg.model.name}-{cfg.chip.name}-bs{cfg.bs}",
         tags=run_tags(cfg),
     )
     try:
+        safe_tree = redact.tree(config_tree)
         params = {k: json.dumps(v) if isinstance(v, list | dict) else v
-                  for k, v in flatten(config_tree).items()}
+                  for k, v in flatten(safe_tree).items()}
         mlflow.log_params(params)
-        mlflow.log_dict(config_tree, "config/config.yaml")
-        hydra_dir = run_dir / ".hydra"
-        if hydra_dir.is_dir():
-            mlflow.log_artifacts(str(hydra_dir), artifact_path="config/hydra")
+        mlflow.log_dict(safe_tree, "config/config.yaml")
+        for path in sorted((run_dir / ".hydra").glob("*.yaml")):
+            mlflow.log_text(redact.text(path.read_text()), f"config/hydra/{path.name}")
         yield run.info.run_id
     except BaseException as error:
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-        mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
-        _log_file(run_dir)
+        try:  # recording the error must not keep the run from ending FAILED/KILLED
+            mlflow.set_tag("error", redact.text(f"{type(error).__name__}: {error}")[:5000])
+            mlflow.log_text(redact.text("".join(traceback.format_exception(error))),
+                            "logs/traceback.txt")
+            _log_file(run_dir)
+        except Exception as logging_error:
+            log.warning("could not record the error in MLflow: %s", logging_error)
         mlflow.end_run(status)
         raise
     else:
@@ -102,4 +145,4 @@ def tracked_run(cfg: RunConfig, config_tree: dict[str, Any], run_dir: Path) -> I
 
 def _log_file(run_dir: Path) -> None:
     for path in run_dir.glob("*.log"):
-        mlflow.log_artifact(str(path), artifact_path="logs")
+        mlflow.log_text(redact.text(path.read_text(errors="replace")), f"logs/{path.name}")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from runner.cache import digest_file, digest_json
-from runner.config import DatasetConfig
+from runner.config import DatasetConfig, ModelConfig
 from runner.errors import DatasetError
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp")
+
+log = logging.getLogger("runner")
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,8 @@ class Sample:
 
 def natural_key(name: str) -> list[object]:
     """Sort key that puts img2 before img10, as ais_bench orders its input files."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+    # isdecimal, not isdigit: "²" is a digit that int() refuses
+    return [int(part) if part.isdecimal() else part for part in re.split(r"(\d+)", name)]
 
 
 def dataset_root(cfg: DatasetConfig) -> Path:
@@ -34,55 +38,127 @@ def dataset_root(cfg: DatasetConfig) -> Path:
     return Path(cfg.root).expanduser()
 
 
-def read_labels(path: Path) -> dict[str, int]:
-    if not path.is_file():
+# "<file name> <class id>": the class id is a plain (ASCII) integer of sensible length
+_CLASS_ID = re.compile(r"-?[0-9]{1,9}")
+_EXAMPLES = 3  # how many offending names an error or warning shows
+
+
+def _shown(name: str) -> str:
+    """A name from a file as it can be printed on one line of a terminal."""
+    return name if name.isprintable() else repr(name)
+
+
+def _examples(names: list[str]) -> str:
+    shown = ", ".join(_shown(n) for n in names[:_EXAMPLES])
+    return f"{shown}, ..." if len(names) > _EXAMPLES else shown
+
+
+def _plain_file_name(name: str) -> bool:
+    """A name that can only mean a file directly inside the image folder."""
+    return name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+
+
+def read_labels(path: Path, num_classes: int | None = None) -> dict[str, int]:
+    """`{file name: class}` from a label file, refusing anything it cannot mean unambiguously.
+
+    `num_classes`, when given, is the number of classes the labels index (0-based); a label
+    outside 0..num_classes-1 means the file does not fit the model (or is 1-based).
+    """
+    if not path.exists():
         raise DatasetError(
             f"label file {path} does not exist: check dataset.root and dataset.labels"
         )
+    if not path.is_file():
+        raise DatasetError(f"label file {path} is not a file: check dataset.labels")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as error:
+        raise DatasetError(f"label file {path} cannot be read ({error.strerror})") from None
+    except UnicodeDecodeError as error:
+        raise DatasetError(
+            f"label file {path} is not UTF-8 text (byte {error.start}): is it the right file?"
+        ) from None
     labels: dict[str, int] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
+    first_line: dict[str, int] = {}
+    out_of_range: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+        if not parts:
+            continue
+        if len(parts) != 2 or not _CLASS_ID.fullmatch(parts[1]):
             raise DatasetError(
-                f"{path}:{number}: expected '<file name> <class id>', got {line.strip()!r}"
+                f"{path}:{number}: expected '<file name> <class id>' "
+                f"(e.g. 'ILSVRC2012_val_00000001.JPEG 65'), got {line.strip()[:200]!r}"
             )
-        labels[parts[0]] = int(parts[1])
+        name, label = parts[0], int(parts[1])
+        if not _plain_file_name(name):
+            raise DatasetError(
+                f"{path}:{number}: {name[:200]!r} is not a plain file name: names in the label "
+                "file must be files directly inside the image folder (no '/', '..')"
+            )
+        if name in labels:
+            raise DatasetError(
+                f"{path}:{number}: {_shown(name)} is listed again (first on line "
+                f"{first_line[name]}): "
+                "keep one label per image"
+            )
+        if num_classes is not None and not 0 <= label < num_classes:
+            out_of_range.append(f"line {number} '{_shown(name)} {label}'")
+        labels[name] = label
+        first_line[name] = number
     if not labels:
         raise DatasetError(f"label file {path} has no labels")
+    if out_of_range:
+        raise DatasetError(
+            f"{path}: {len(out_of_range)} labels outside 0..{num_classes - 1}, the classes of "
+            f"the model (e.g. {_examples(out_of_range)}): the label file does not fit "
+            "model.num_classes / model.class_offset (is it 1-based?)"
+        )
     return labels
 
 
-def list_samples(cfg: DatasetConfig) -> list[Sample]:
-    """The labelled images, in natural file-name order, limited to `cfg.limit`."""
+def list_samples(cfg: DatasetConfig, model: ModelConfig | None = None) -> list[Sample]:
+    """The labelled images, in natural file-name order, limited to `cfg.limit`.
+
+    With `model`, labels are checked against its classes (label + class_offset < num_classes).
+    """
     root = dataset_root(cfg)
     image_dir = root / cfg.images
     if not image_dir.is_dir():
         raise DatasetError(
-            f"image folder {image_dir} does not exist: check dataset.root and dataset.images"
+            f"image folder {image_dir} does not exist: check dataset.root={root} (the folder "
+            f"holding {cfg.images}/ and {cfg.labels}) and dataset.images"
         )
-    labels = read_labels(root / cfg.labels)
-    names = sorted(
-        (p.name for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
-        key=natural_key,
-    )
+    num_classes = None if model is None else model.num_classes - model.class_offset
+    labels = read_labels(root / cfg.labels, num_classes)
+    try:
+        names = sorted(
+            (p.name for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+            key=natural_key,
+        )
+    except OSError as error:
+        raise DatasetError(f"image folder {image_dir} cannot be read ({error.strerror})") from None
     if not names:
         raise DatasetError(
-            f"image folder {image_dir} holds no images ({', '.join(IMAGE_SUFFIXES)})"
+            f"image folder {image_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}): "
+            "check dataset.root and dataset.images"
         )
     unlabelled = [n for n in names if n not in labels]
     present = set(names)
-    missing = [n for n in labels if n not in present]
-    if (unlabelled or missing) and cfg.on_mismatch == "stop":
+    missing = sorted((n for n in labels if n not in present), key=natural_key)
+    if unlabelled or missing:
         problems = []
         if unlabelled:
-            problems.append(f"{len(unlabelled)} images without a label (e.g. {unlabelled[0]})")
+            problems.append(f"{len(unlabelled)} images without a label (e.g. "
+                            f"{_examples(unlabelled)})")
         if missing:
-            problems.append(f"{len(missing)} labels without an image (e.g. {missing[0]})")
-        raise DatasetError(
-            f"{root}: {' and '.join(problems)}; fix {cfg.labels} or pass dataset.on_mismatch=skip"
-        )
+            problems.append(f"{len(missing)} labels without an image (e.g. {_examples(missing)})")
+        if cfg.on_mismatch == "stop":
+            raise DatasetError(
+                f"{root}: {' and '.join(problems)}; fix {cfg.labels} or pass "
+                "dataset.on_mismatch=skip to use only the labelled images"
+            )
+        log.warning("%s: skipping %s (dataset.on_mismatch=skip)", root, " and ".join(problems))
     samples = [Sample(n, image_dir / n, labels[n]) for n in names if n in labels]
     if cfg.limit is not None:
         samples = samples[: cfg.limit]

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from runner.config import PreprocessRecipe
+from runner.errors import DatasetError
 
 _PIL_FILTERS = {
     "nearest": Image.Resampling.NEAREST,
@@ -36,20 +37,42 @@ def crop_offset(size: int, crop: int, rule: str) -> int:
     return int((size - crop) / 2)  # the InceptionV4 guide
 
 
+def to_rgb(image: Image.Image, path: Path) -> Image.Image:
+    """8-bit RGB, as torchvision's `convert("RGB")` gives it, with explicit rules where that
+    would be silently wrong: PIL clips 16-bit gray to 255, so 16-bit images keep their high
+    byte (what OpenCV's imread does); 32-bit integer or float images are refused."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        high_bytes = (np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8)
+        return Image.fromarray(high_bytes, "L").convert("RGB")
+    if image.mode in ("I", "F"):
+        raise DatasetError(
+            f"image {path} has 32-bit pixels (mode {image.mode}): convert it to 8-bit RGB or "
+            "remove it and its line in the label file"
+        )
+    return image.convert("RGB")  # L, P, RGBA, CMYK, YCbCr ...: PIL's conversion, as torchvision
+
+
 def load_cropped(path: Path, recipe: PreprocessRecipe) -> np.ndarray:
     """Decoded, resized, center-cropped RGB pixels of one image: uint8, (crop, crop, 3).
 
     The same pixels as the guides' scripts (PIL decode, `.convert('RGB')`, PIL resize, crop); the
     crop is taken in PIL, so only the crop is copied out, and an RGB image is not copied first.
     """
-    with Image.open(path) as image:
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
-        size = resized_size(*rgb.size, recipe.resize)
-        if size != rgb.size:
-            rgb = rgb.resize(size, _PIL_FILTERS[recipe.interpolation])
-        left = crop_offset(size[0], recipe.crop, recipe.crop_offset)
-        top = crop_offset(size[1], recipe.crop, recipe.crop_offset)
-        return np.asarray(rgb.crop((left, top, left + recipe.crop, top + recipe.crop)))
+    try:
+        with Image.open(path) as image:
+            # decoding happens here or, for an RGB file, in resize/crop: a truncated file fails
+            rgb = image if image.mode == "RGB" else to_rgb(image, path)
+            size = resized_size(*rgb.size, recipe.resize)
+            if size != rgb.size:
+                rgb = rgb.resize(size, _PIL_FILTERS[recipe.interpolation])
+            left = crop_offset(size[0], recipe.crop, recipe.crop_offset)
+            top = crop_offset(size[1], recipe.crop, recipe.crop_offset)
+            return np.asarray(rgb.crop((left, top, left + recipe.crop, top + recipe.crop)))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise DatasetError(
+            f"image {path} cannot be decoded ({type(error).__name__}: {error}): replace it, or "
+            "remove it and its line in the label file"
+        ) from None
 
 
 def normalize(batch: np.ndarray, recipe: PreprocessRecipe) -> np.ndarray:

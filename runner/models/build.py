@@ -4,30 +4,41 @@ from __future__ import annotations
 
 import importlib
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from runner.config import ModelConfig
+from runner.config import BUILTIN_ARCH_PREFIXES, ModelConfig, arch_allowed
 from runner.errors import ConfigError, WeightsError
 
-# `model.arch` is imported and called; only code from these packages may be named there
-ALLOWED_ARCH_PREFIXES = ("torchvision.models.", "runner.models.")
+# `model.arch` is imported and called; only code from these packages may be named there, unless
+# the run widens the list with security.extra_arch_prefixes
+ALLOWED_ARCH_PREFIXES = BUILTIN_ARCH_PREFIXES
 
 
-def resolve_arch(arch: str) -> Callable[..., nn.Module]:
-    if not arch.startswith(ALLOWED_ARCH_PREFIXES):
+def resolve_arch(arch: str, extra_prefixes: Sequence[str] = ()) -> Callable[..., nn.Module]:
+    """The callable `arch` names, refused unless it is public and both named and defined in an
+    allowed package (so a re-exported helper such as a downloader cannot be reached)."""
+    allowed = (*ALLOWED_ARCH_PREFIXES, *extra_prefixes)
+    if not arch_allowed(arch, allowed):
         raise ConfigError(
-            f"model.arch={arch!r} is outside the allowed packages "
-            f"({', '.join(ALLOWED_ARCH_PREFIXES)})"
+            f"model.arch={arch!r} is outside the allowed packages ({', '.join(allowed)}): "
+            "to trust another package, pass security.extra_arch_prefixes=[its.prefix]"
         )
     module_name, _, attribute = arch.rpartition(".")
     try:
         builder = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError):
         raise ConfigError(f"model.arch={arch!r} cannot be imported: check the name") from None
+    defined_in = getattr(builder, "__module__", None) or ""
+    if not callable(builder) or not arch_allowed(defined_in, allowed, allow_private=True):
+        raise ConfigError(
+            f"model.arch={arch!r} is {type(builder).__name__} from {defined_in or '?'}, not a "
+            "model builder of the allowed packages"
+        )
     return builder
 
 
@@ -40,32 +51,72 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"checkpoint {path} was refused by the safe loader (weights_only=True): {first_line}; "
             "only plain tensors are loaded, never code"
         ) from None
-    except (RuntimeError, EOFError, OSError) as error:
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise WeightsError(
-            f"checkpoint {path} cannot be read ({error}): it may be truncated"
+            f"checkpoint {path} cannot be read ({first_line}): it may be truncated or not a "
+            "PyTorch checkpoint; fetch it again"
         ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise WeightsError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    not_tensors = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise WeightsError(
+            f"checkpoint {path} is not a state dict of tensors ({len(not_tensors)} other "
+            f"entries, e.g. {', '.join(not_tensors[:3])})"
+        )
+    return {str(k).removeprefix("module."): v for k, v in state.items()}
 
 
-def build(cfg: ModelConfig, weights: Path | None, seed: int) -> nn.Module:
+def _show(keys: list[str]) -> str:
+    return ", ".join(keys[:5]) + (" ..." if len(keys) > 5 else "")
+
+
+def _check_fit(model: nn.Module, state: dict[str, torch.Tensor], cfg: ModelConfig,
+               weights: Path) -> None:
+    """Refuse a checkpoint whose names or shapes differ from the architecture, listing them."""
+    expected = model.state_dict()
+    # BatchNorm fills in a missing num_batches_tracked itself (checkpoints before PyTorch 0.4.1,
+    # such as the 2017 InceptionV4 file, have none)
+    missing = [k for k in expected if k not in state and not k.endswith(".num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise WeightsError(
+            f"checkpoint {weights} does not fit {cfg.arch}: "
+            f"{len(missing)} missing keys ({_show(missing)}), "
+            f"{len(unexpected)} unexpected keys ({_show(unexpected)})"
+        )
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if k in state and state[k].shape != v.shape]
+    if wrong:
+        raise WeightsError(
+            f"checkpoint {weights} does not fit {cfg.arch}"
+            f"{f' with {cfg.arch_kwargs}' if cfg.arch_kwargs else ''}: "
+            f"{len(wrong)} tensors of another shape (checkpoint vs model: {_show(wrong)}); "
+            "check model.arch_kwargs (e.g. num_classes)"
+        )
+
+
+def build(cfg: ModelConfig, weights: Path | None, seed: int,
+          extra_arch_prefixes: Sequence[str] = ()) -> nn.Module:
     """The model in eval mode: weights from `weights`, or a seeded random init when None."""
-    builder = resolve_arch(cfg.arch)
+    builder = resolve_arch(cfg.arch, extra_arch_prefixes)
     torch.manual_seed(seed)
-    model = builder(**cfg.arch_kwargs)
+    try:
+        model: Any = builder(**cfg.arch_kwargs)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(
+            f"model.arch={cfg.arch} refused model.arch_kwargs={cfg.arch_kwargs} "
+            f"({type(error).__name__}: {error})"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"model.arch={cfg.arch} returned a {type(model).__name__}, not a torch.nn.Module"
+        )
     if weights is not None:
         state = load_state_dict(weights)
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            def show(keys: list[str]) -> str:
-                return ", ".join(keys[:5]) + (" ..." if len(keys) > 5 else "")
-
-            raise WeightsError(
-                f"checkpoint {weights} does not fit {cfg.arch}: "
-                f"{len(result.missing_keys)} missing keys ({show(result.missing_keys)}), "
-                f"{len(result.unexpected_keys)} unexpected keys ({show(result.unexpected_keys)})"
-            )
+        _check_fit(model, state, cfg, weights)
+        model.load_state_dict(state)
     return model.eval()

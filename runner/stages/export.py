@@ -62,7 +62,7 @@ def export_onnx(net: torch.nn.Module, cfg: RunConfig, target: Path) -> None:
 def run(cfg: RunConfig, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
     src = weights.source(cfg.model)
     checkpoint = weights.fetch(src, cfg.cache_dir)
-    net = build.build(cfg.model, checkpoint, cfg.seed)
+    net = build.build(cfg.model, checkpoint, cfg.seed, cfg.security.extra_arch_prefixes)
     target = out_dir / ONNX_FILE
     with torch.no_grad():
         export_onnx(net, cfg, target)

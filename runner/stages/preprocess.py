@@ -20,6 +20,7 @@ from runner.config import PreprocessRecipe, RunConfig
 from runner.data import dataset, synthetic
 from runner.data.transforms import load_cropped
 from runner.errors import DatasetError
+from runner.interrupts import ignore_in_worker
 
 NEEDS: tuple[str, ...] = ()
 GIVES = ("dataset",)
@@ -29,7 +30,8 @@ MANIFEST = "manifest.json"
 
 def key_config(cfg: RunConfig) -> dict[str, Any]:
     synthetic.ensure(cfg.dataset)
-    samples = dataset.list_samples(cfg.dataset)
+    # with the model: labels outside its classes stop the run here, before any work
+    samples = dataset.list_samples(cfg.dataset, cfg.model)
     recipe = cfg.model.preprocess
     return {
         "dataset": dataset.fingerprint(cfg.dataset, samples),
@@ -77,7 +79,7 @@ def _fill_chunks(chunks: dict[int, list[dataset.Sample]], recipe: PreprocessReci
                 for i in range(0, len(samples), PIECE)]
         return index, filling, [pool.submit(_fill, job) for job in jobs]
 
-    pool = ProcessPoolExecutor(max_workers=workers)
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=ignore_in_worker)
     try:
         in_flight = [start(pool, pending.pop(0)) for _ in range(CHUNKS_IN_FLIGHT) if pending]
         while in_flight:
@@ -95,7 +97,7 @@ def _fill_chunks(chunks: dict[int, list[dataset.Sample]], recipe: PreprocessReci
 
 
 def run(cfg: RunConfig, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
-    samples = dataset.list_samples(cfg.dataset)
+    samples = dataset.list_samples(cfg.dataset, cfg.model)
     recipe = cfg.model.preprocess
     size = cfg.preprocess.chunk_size
     chunks = [samples[i : i + size] for i in range(0, len(samples), size)]
