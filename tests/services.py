@@ -5,6 +5,7 @@ both bound to 127.0.0.1 on free ports, each in its own process group that is kil
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -132,6 +133,7 @@ def ray_head(num_cpus: int = 2) -> Iterator[RayHead]:
         # anything of this node's that left its process group (found by its temp folder)
         for pid in processes_mentioning(str(temp_dir)):
             os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @contextmanager
