@@ -18,9 +18,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runner import config, interrupts, pipeline, redact, tracking
+from runner import config, interrupts, pipeline, redact, sweep, tracking
 from runner.cache import STORAGE_ERRNOS, check_writable
-from runner.errors import RunnerError
+from runner.errors import ConfigError, RunnerError
 
 log = logging.getLogger("runner")
 
@@ -48,11 +48,17 @@ def summary_table(cfg: config.RunConfig, result: pipeline.PipelineResult) -> str
 
 def run_job(cfg: DictConfig) -> dict[str, float]:
     """One job: validate, run every configured stage inside an MLflow run; the metrics."""
-    run_cfg = config.validate(cfg)
+    link = sweep.current_link()  # set when this job is part of a sweep (`-m`)
+    try:
+        run_cfg = config.validate(cfg)
+    except ConfigError as error:
+        if link is not None:  # so the sweep's table lists it with the other jobs
+            tracking.record_invalid_config(cfg, error, link)
+        raise
     check_writable(run_cfg.cache_dir, "paths.cache_dir")
     tree: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    with tracking.tracked_run(run_cfg, tree, run_dir) as run_id:
+    with tracking.tracked_run(run_cfg, tree, run_dir, sweep=link) as run_id:
         log.info("MLflow run %s (%s)", run_id, redact.text(run_cfg.mlflow.tracking_uri))
         result = pipeline.run(run_cfg, on_stage=tracking.log_stage)
     print(summary_table(run_cfg, result))

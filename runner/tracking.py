@@ -3,6 +3,7 @@ every run (so runs compare), tags that say what was run where, and the right end
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -11,12 +12,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlparse, urlsplit
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
 
 from runner import environment, redact
 from runner.config import MlflowConfig, RunConfig
@@ -67,15 +71,71 @@ def check_store(settings: MlflowConfig, timeout_s: float = 5.0) -> None:
             )
 
 
+@dataclass(frozen=True)
+class SweepLink:
+    """What a sweep job's run needs to hang under its sweep's parent run."""
+
+    parent_run_id: str
+    job_num: int
+    overrides: list[str] = field(default_factory=list)  # the job's command-line overrides
+
+
 def experiment_id(settings: MlflowConfig) -> str:
     mlflow.set_tracking_uri(settings.tracking_uri)
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(settings.experiment)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = Path(settings.artifact_location)
-    uri = location.as_uri() if location.is_absolute() else settings.artifact_location
-    return client.create_experiment(settings.experiment, artifact_location=uri)
+    # Two processes opening a new SQLite store at once both run MLflow's schema migrations
+    # ("table ... already exists"), and both may create the experiment: one at a time per file.
+    with _sqlite_init_lock(settings.tracking_uri):
+        client = MlflowClient()
+        experiment = client.get_experiment_by_name(settings.experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return client.create_experiment(settings.experiment,
+                                            artifact_location=_artifact_uri(settings))
+        except MlflowException:
+            # another host made it first (server store: the SQLite lock does not reach there)
+            experiment = client.get_experiment_by_name(settings.experiment)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
+
+
+def _artifact_uri(settings: MlflowConfig) -> str | None:
+    """A local folder for a local store; for a tracking server, the server's own artifact store
+    (`mlflow server --serve-artifacts`) unless a URI (s3://, file://...) is given."""
+    location = settings.artifact_location
+    remote_store = urlparse(settings.tracking_uri).scheme in ("http", "https")
+    if urlparse(location).scheme:
+        return location
+    if remote_store:
+        return None  # a path on this host means nothing to the other hosts logging there
+    path = Path(location)
+    return path.as_uri() if path.is_absolute() else location
+
+
+@contextmanager
+def _sqlite_init_lock(tracking_uri: str) -> Iterator[None]:
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(f"{db.name}-init.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def override_params(overrides: list[str]) -> dict[str, str]:
+    """`override.<key>`: command-line overrides as written (a sweep's as `bs=1,4`), named alike in
+    every run of a sweep so the MLflow compare view lines them up."""
+    params = {}
+    for line in overrides:
+        key, _, value = line.partition("=")
+        params[f"override.{key.lstrip('+~')}"] = value
+    return params
 
 
 def run_tags(cfg: RunConfig) -> dict[str, str]:
@@ -110,18 +170,26 @@ def log_stage(record: StageRecord) -> None:
 
 
 @contextmanager
-def tracked_run(cfg: RunConfig, config_tree: dict[str, Any], run_dir: Path) -> Iterator[str]:
-    """An active MLflow run; FINISHED on success, FAILED (KILLED on Ctrl-C) with the error."""
+def tracked_run(cfg: RunConfig, config_tree: dict[str, Any], run_dir: Path,
+                sweep: SweepLink | None = None) -> Iterator[str]:
+    """An active MLflow run; FINISHED on success, FAILED (KILLED on Ctrl-C) with the error.
+    In a sweep, the run is nested under the sweep's parent run."""
+    tags = run_tags(cfg)
+    if sweep is not None:
+        tags["sweep.job_num"] = str(sweep.job_num)
     check_store(cfg.mlflow)
     run = mlflow.start_run(
         experiment_id=experiment_id(cfg.mlflow),
         run_name=f"{cfg.model.name}-{cfg.chip.name}-bs{cfg.bs}",
-        tags=run_tags(cfg),
+        parent_run_id=sweep.parent_run_id if sweep is not None else None,
+        tags=tags,
     )
     try:
         safe_tree = redact.tree(config_tree)
         params = {k: json.dumps(v) if isinstance(v, list | dict) else v
                   for k, v in flatten(safe_tree).items()}
+        if sweep is not None:
+            params.update(redact.tree(override_params(sweep.overrides)))
         mlflow.log_params(params)
         mlflow.log_dict(safe_tree, "config/config.yaml")
         for path in sorted((run_dir / ".hydra").glob("*.yaml")):
@@ -146,3 +214,29 @@ def tracked_run(cfg: RunConfig, config_tree: dict[str, Any], run_dir: Path) -> I
 def _log_file(run_dir: Path) -> None:
     for path in run_dir.glob("*.log"):
         mlflow.log_text(redact.text(path.read_text(errors="replace")), f"logs/{path.name}")
+
+
+def record_invalid_config(cfg: DictConfig, error: Exception, sweep: SweepLink) -> None:
+    """A FAILED run for a sweep job whose config was rejected before its run could start, so the
+    sweep's table lists it. Best effort: the job's own error line is what the user must see."""
+    def raw(key: str) -> str:
+        return str(OmegaConf.select(cfg, key, default="?"))
+
+    try:
+        settings = MlflowConfig(raw("mlflow.tracking_uri"), raw("mlflow.artifact_location"),
+                                raw("mlflow.experiment"))
+        client = MlflowClient(tracking_uri=settings.tracking_uri)
+        tags = {key: raw(key if key == "bs" else f"{key}.name")
+                for key in ("model", "chip", "bs", "dataset")}
+        run = client.create_run(
+            experiment_id(settings),
+            run_name=f"{tags['model']}-{tags['chip']}-bs{tags['bs']}",
+            tags={**tags, "mlflow.parentRunId": sweep.parent_run_id,
+                  "sweep.job_num": str(sweep.job_num),
+                  "error": redact.text(f"{type(error).__name__}: {error}")[:5000]},
+        )
+        for key, value in redact.tree(override_params(sweep.overrides)).items():
+            client.log_param(run.info.run_id, key, value)
+        client.set_terminated(run.info.run_id, "FAILED")
+    except Exception as failure:  # the store is unusable too: the job's error line still stands
+        log.warning("could not record the failed job in MLflow: %s", failure)

@@ -1,0 +1,347 @@
+"""Sweeps (`python -m runner -m ...`): the MLflow parent run and its children, the guide's table
+and plots, failing jobs, resume from the stage cache, parallel jobs on one SQLite store, and
+scale-out on a real local Ray cluster and a real MLflow tracking server."""
+
+from __future__ import annotations
+
+import csv
+import io
+import multiprocessing
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from runner import sweep, tracking
+from runner.config import PROJECT_ROOT, MlflowConfig
+from tests.conftest import FAST_BENCHMARK, Workspace
+from tests.services import RAY_LOOPBACK_ENV, mlflow_server, processes_mentioning, ray_head
+from tests.test_end_to_end import METRICS
+
+SMALL = ("dataset=synthetic", "dataset.synthetic.num_images=8", "model.weights=random",
+         *FAST_BENCHMARK)
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def _parents_and_children(space: Workspace) -> tuple[list, list]:
+    runs = space.runs()
+    parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def _children_of(parent, runs: list) -> list:
+    return sorted((r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
+                  key=lambda r: int(r.data.tags["sweep.job_num"]))
+
+
+def _table(client: MlflowClient, parent) -> list[dict[str, str]]:
+    path = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id,
+                                               artifact_path="sweep/table.csv",
+                                               tracking_uri=client.tracking_uri)
+    return list(csv.DictReader(io.StringIO(Path(path).read_text())))
+
+
+# -- the table, from runs in a real store --
+
+@pytest.mark.slow
+def test_rows_come_from_the_children_and_list_jobs_that_left_no_run(tmp_path: Path) -> None:
+    settings = MlflowConfig(f"sqlite:///{tmp_path / 'db'}", str(tmp_path / "art"), "runner")
+    experiment = tracking.experiment_id(settings)
+    client = MlflowClient(settings.tracking_uri)
+    parent = client.create_run(experiment).info.run_id
+    other_parent = client.create_run(experiment).info.run_id
+
+    def child(parent_id: str, job: int, bs: str, status: str, **data: float) -> str:
+        run = client.create_run(experiment, tags={
+            "mlflow.parentRunId": parent_id, "sweep.job_num": str(job), "model": "alexnet",
+            "chip": "cpu", "bs": bs, "dataset": "synthetic", "cache.export": "hit",
+            "cache.benchmark": "miss", **({"error": "WeightsError: no such file"}
+                                          if status == "FAILED" else {})})
+        for key, value in data.items():
+            client.log_metric(run.info.run_id, key, value)
+        client.set_terminated(run.info.run_id, status)
+        return run.info.run_id
+
+    finished = child(parent, 1, "16", "FINISHED", top1=56.5, throughput_fps=1234.5678,
+                     latency_ms_p99=13.0)
+    failed = child(parent, 0, "4", "FAILED")
+    child(other_parent, 0, "1", "FINISHED", top1=1.0)  # another sweep's: not in this table
+
+    runs = sweep.children(client, experiment, parent)
+    planned = [["model=alexnet", "bs=4"], ["model=alexnet", "bs=16"], ["model=alexnet", "bs=32"]]
+    rows = sweep.build_rows(runs, planned)
+    assert [(r.bs, r.status, r.run_id) for r in rows] == [
+        ("4", "FAILED", failed), ("16", "FINISHED", finished), ("32", "NO RUN", "")]
+    assert rows[0].error == "WeightsError: no such file"
+    assert rows[1].cache == "1/2 hit"
+    assert "job 2 (model=alexnet bs=32)" in rows[2].error
+
+    table = list(csv.DictReader(io.StringIO(sweep.csv_table(rows))))
+    assert tuple(table[0]) == sweep.COLUMNS
+    assert table[1]["throughput_fps"] == "1234.57" and table[1]["top1"] == "56.5"
+    assert table[1]["top5"] == "" and table[1]["e2e_fps"] == ""
+    markdown = sweep.markdown_table(rows).splitlines()
+    assert markdown[0].startswith("| job | model | chip | bs | dataset | top1 | top5 |")
+    assert "| 1234.57 | 13.00 |" in markdown[3]
+
+
+def test_planned_jobs_are_the_basic_sweepers_product_in_job_order() -> None:
+    config = OmegaConf.create({"hydra": {
+        "sweeper": {"_target_": BASIC_SWEEPER, "params": {"seed": "0,1"}},
+        "overrides": {"task": ["model=alexnet,resnet18", "bs=1,4", "dataset=synthetic"]}}})
+    jobs = sweep.planned_jobs(config)
+    assert jobs is not None and len(jobs) == 8
+    assert jobs[0] == ["seed=0", "model=alexnet", "bs=1", "dataset=synthetic"]
+    assert jobs[-1] == ["seed=1", "model=resnet18", "bs=4", "dataset=synthetic"]
+    config.hydra.sweeper._target_ = "hydra_plugins.hydra_optuna_sweeper.OptunaSweeper"
+    assert sweep.planned_jobs(config) is None
+
+
+def test_override_params_keep_the_values_as_written() -> None:
+    assert tracking.override_params(["model=alexnet,resnet18", "+x.y=3", "cache.force=[all]"]) == {
+        "override.model": "alexnet,resnet18", "override.x.y": "3",
+        "override.cache.force": "[all]"}
+
+
+def test_a_tracking_server_keeps_the_artifacts_unless_a_uri_is_given(tmp_path: Path) -> None:
+    def uri(tracking_uri: str, location: str) -> str | None:
+        return tracking._artifact_uri(MlflowConfig(tracking_uri, location, "runner"))
+
+    assert uri("sqlite:////x/db", str(tmp_path)) == tmp_path.as_uri()
+    assert uri("http://127.0.0.1:5000", str(tmp_path)) is None
+    assert uri("http://127.0.0.1:5000", "s3://bucket/runs") == "s3://bucket/runs"
+
+
+def _open_store(db: str) -> str:
+    return tracking.experiment_id(MlflowConfig(f"sqlite:///{db}", "/tmp/unused", "runner"))
+
+
+@pytest.mark.slow
+def test_processes_opening_a_new_sqlite_store_at_once_agree(tmp_path: Path) -> None:
+    """Without the lock, MLflow's migrations race: `table ... already exists`."""
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        ids = pool.map(_open_store, [str(tmp_path / "mlflow.db")] * 3)
+    assert len(set(ids)) == 1
+
+
+def test_launcher_presets_compose() -> None:
+    def hydra_cfg(*overrides: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "runner", "--cfg", "hydra", "-p",
+                                 "hydra.launcher", *overrides], cwd=PROJECT_ROOT,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    ray = hydra_cfg("hydra/launcher=ray_cluster", "hydra.launcher.ray.init.address=h:6379")
+    assert "RayLauncher" in ray and "address: h:6379" in ray
+    assert "object_store_memory: null" in ray
+    slurm = hydra_cfg("hydra/launcher=slurm", "hydra.launcher.partition=gpu")
+    assert "SlurmLauncher" in slurm and "partition: gpu" in slurm
+
+
+# -- whole sweeps through the CLI --
+
+@pytest.mark.slow
+def test_a_2x2_sweep_makes_a_parent_four_children_the_table_and_plots_then_resumes(
+    workspace: Workspace,
+) -> None:
+    command = ("-m", "model=alexnet,resnet18", "bs=1,2", *SMALL)
+    first = workspace.run(*command)
+    parents, children = _parents_and_children(workspace)
+    assert len(parents) == 1 and len(children) == 4
+    (parent,) = parents
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["override.model"] == "alexnet,resnet18"
+    assert parent.data.params["override.bs"] == "1,2"
+    assert parent.data.metrics["jobs_finished"] == 4 and parent.data.metrics["jobs_failed"] == 0
+    assert {(c.data.tags["model"], c.data.tags["bs"]) for c in children} == {
+        ("alexnet", "1"), ("alexnet", "2"), ("resnet18", "1"), ("resnet18", "2")}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert set(METRICS) <= set(child.data.metrics)
+        assert child.data.params["override.bs"] == child.data.tags["bs"]
+        assert child.data.params["override.model"] == child.data.tags["model"]
+    # the same param and metric names in every run: what the MLflow compare view lines up
+    assert len({frozenset(c.data.params) for c in children}) == 1
+    assert len({frozenset(c.data.metrics) for c in children}) == 1
+
+    client = workspace.client()
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
+    assert artifacts == {"sweep/table.md", "sweep/table.csv", "sweep/throughput_vs_bs.png",
+                         "sweep/latency_p99_vs_bs.png"}
+    png = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id,
+                                              artifact_path="sweep/throughput_vs_bs.png",
+                                              tracking_uri=workspace.tracking_uri)
+    assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    by_id = {c.info.run_id: c for c in children}
+    table = _table(client, parent)
+    assert [(row["model"], row["bs"]) for row in table] == [
+        ("alexnet", "1"), ("alexnet", "2"), ("resnet18", "1"), ("resnet18", "2")]
+    for row in table:
+        child = by_id[row["run_id"]]
+        for column in ("top1", "top5", "throughput_fps", "latency_ms_p99"):
+            assert float(row[column]) == pytest.approx(child.data.metrics[column], rel=1e-5)
+        assert (row["chip"], row["dataset"], row["status"]) == ("cpu", "synthetic", "FINISHED")
+    printed = first.stdout[first.stdout.index("| job | model |"):]
+    assert all(run_id in printed for run_id in by_id)
+
+    # the same command again: every stage of every job comes from the cache
+    second = workspace.run(*command)
+    parents, children = _parents_and_children(workspace)
+    assert len(parents) == 2 and len(children) == 8
+    latest = max(parents, key=lambda r: r.info.start_time)
+    again = _children_of(latest, children)
+    assert len(again) == 4
+    for child in again:
+        cache = {k: v for k, v in child.data.tags.items() if k.startswith("cache.")}
+        assert len(cache) == 6 and set(cache.values()) == {"hit"}
+    assert [row["cache"] for row in _table(client, latest)] == ["6/6 hit"] * 4
+    assert second.stdout.count("6/6 hit") == 4
+
+
+@pytest.mark.slow
+def test_failing_jobs_are_listed_failed_and_the_others_finish(workspace: Workspace) -> None:
+    # bs=0 is rejected before the job's run starts; the missing checkpoint fails in export
+    result = workspace.run("-m", "model.weights=random,/nowhere/alexnet.pth", "bs=2,0",
+                           "stage=accuracy", *SMALL[:2], check=False)
+    assert result.returncode == 1
+    assert "runner: error: 3 of 4 sweep jobs did not finish" in result.stderr
+    assert "Traceback" not in result.stderr
+    (parent,), children = _parents_and_children(workspace)
+    assert parent.info.status == "FAILED"
+    assert len(children) == 4
+    by_job = {(c.data.params["override.model.weights"], c.data.params["override.bs"]): c
+              for c in children}
+    assert by_job[("random", "2")].info.status == "FINISHED"
+    assert "top1" in by_job[("random", "2")].data.metrics
+    for key in (("random", "0"), ("/nowhere/alexnet.pth", "0")):
+        assert by_job[key].info.status == "FAILED"
+        assert "bs=0 must be a positive integer" in by_job[key].data.tags["error"]
+    missing = by_job[("/nowhere/alexnet.pth", "2")]
+    assert missing.info.status == "FAILED" and "/nowhere/alexnet.pth" in missing.data.tags["error"]
+    table = _table(workspace.client(), parent)
+    assert sorted(row["status"] for row in table) == ["FAILED", "FAILED", "FAILED", "FINISHED"]
+    assert all(row["error"] for row in table if row["status"] == "FAILED")
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_reruns_only_unfinished_stages(workspace: Workspace) -> None:
+    # a dataset no other test uses, so its preprocess and later entries are new here
+    command = [sys.executable, "-m", "runner", "-m", "model=alexnet", "bs=1,2",
+               "dataset=synthetic", "dataset.synthetic.num_images=10", "model.weights=random",
+               *FAST_BENCHMARK, *workspace.overrides()]
+    preprocess_dir = workspace.cache / "preprocess"
+    before = set(preprocess_dir.glob("*")) if preprocess_dir.exists() else set()
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None:
+            new = [p for p in preprocess_dir.glob("*") if p not in before
+                   and p.is_dir() and not p.name.endswith(".partial")]
+            if new:
+                break
+            time.sleep(0.1)
+        assert process.poll() is None, "the sweep ended before it could be interrupted"
+        process.send_signal(signal.SIGINT)  # Ctrl-C, while job 0 is past preprocess
+        process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    finished_before = {(p.parent.name, p.name) for p in workspace.cache.glob("*/*")
+                       if p.is_dir() and not p.name.endswith(".partial")}
+    (stopped,), children = _parents_and_children(workspace)
+    assert stopped.info.status == "FAILED"
+    assert "stopped before all its jobs ended" in stopped.data.tags["error"]
+    assert [c.info.status for c in children] == ["KILLED"]
+
+    workspace.run(*command[3:-len(workspace.overrides())])
+    parents, children = _parents_and_children(workspace)
+    rerun = _children_of(max(parents, key=lambda r: r.info.start_time), children)
+    assert [c.info.status for c in rerun] == ["FINISHED", "FINISHED"]
+    states = []
+    for child in rerun:
+        for stage in ("export", "convert", "preprocess", "infer", "evaluate", "benchmark"):
+            was_finished = (stage, child.data.tags[f"cache_key.{stage}"]) in finished_before
+            states.append(child.data.tags[f"cache.{stage}"])
+            assert child.data.tags[f"cache.{stage}"] == ("hit" if was_finished else "miss")
+    assert rerun[0].data.tags["cache.preprocess"] == "hit"
+    assert "miss" in states
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attempt", [1, 2])
+def test_parallel_joblib_jobs_share_a_new_sqlite_store(workspace: Workspace, attempt: int) -> None:
+    assert not workspace.db.exists()  # each attempt starts from a store that does not exist
+    result = workspace.run("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4",
+                           "model=alexnet", "bs=1,2,3,4", "stage=performance",
+                           "model.weights=random", *FAST_BENCHMARK)
+    assert "database is locked" not in result.stderr
+    (parent,), children = _parents_and_children(workspace)
+    assert parent.info.status == "FINISHED"
+    assert sorted(c.data.tags["bs"] for c in children) == ["1", "2", "3", "4"]
+    assert all(c.info.status == "FINISHED" and "throughput_fps" in c.data.metrics
+               for c in children)
+    assert "JoblibLauncher" in parent.data.tags["sweep.launcher"]
+
+
+@pytest.mark.slow
+def test_ray_launcher_runs_the_jobs_on_a_local_ray_cluster(workspace: Workspace) -> None:
+    with ray_head() as head:
+        address = head.address
+        result = workspace.run("-m", "hydra/launcher=ray_cluster",
+                               f"hydra.launcher.ray.init.address={address}", "model=alexnet",
+                               "bs=1,2", "stage=performance", "model.weights=random",
+                               *FAST_BENCHMARK, env=RAY_LOOPBACK_ENV)
+    output = result.stdout + result.stderr
+    assert f"Connecting to existing Ray cluster at address: {address}" in output
+    assert "(_run_job pid=" in output  # the jobs' logs, relayed from Ray worker processes
+    (parent,), children = _parents_and_children(workspace)
+    assert parent.info.status == "FINISHED"
+    assert "RayLauncher" in parent.data.tags["sweep.launcher"]
+    assert sorted(c.data.tags["bs"] for c in children) == ["1", "2"]
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert not processes_mentioning(str(head.temp_dir)), "a Ray process outlived the test"
+
+
+@pytest.mark.slow
+def test_a_sweep_logs_to_an_mlflow_server_over_http(workspace: Workspace,
+                                                    tmp_path: Path) -> None:
+    server_root = tmp_path / "server"
+    server_root.mkdir()
+    with mlflow_server(server_root) as uri:
+        workspace.tracking_uri = uri  # the CLI and the reads below both go over HTTP
+        workspace.run("-m", "model=alexnet", "bs=1,2", "stage=performance",
+                      "model.weights=random", *FAST_BENCHMARK)
+        (parent,), children = _parents_and_children(workspace)
+        assert parent.info.status == "FINISHED"
+        assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
+        assert parent.info.artifact_uri.startswith("mlflow-artifacts:")
+        table = _table(workspace.client(), parent)
+        assert sorted(row["bs"] for row in table) == ["1", "2"]
+        assert {row["run_id"] for row in table} == {c.info.run_id for c in children}
+    # the server stored the artifacts it was sent in its own folder, not this workspace's
+    assert list((server_root / "served-artifacts").rglob("table.csv"))
+    assert not (workspace.root / "mlruns").exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_store_cannot_be_opened_stops_before_any_job(workspace: Workspace,
+                                                                   tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    workspace.tracking_uri = f"sqlite:///{blocker}/mlflow.db"
+    result = workspace.run("-m", "bs=1,2", "stage=performance", "model.weights=random",
+                           check=False)
+    assert result.returncode == 1
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("runner: error:")]
+    assert f"cannot open the sweep's MLflow run at sqlite:///{blocker}/mlflow.db" in line
+    assert "Launching" not in result.stdout + result.stderr
