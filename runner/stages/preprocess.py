@@ -75,6 +75,10 @@ def _fill_chunks(chunks: dict[int, list[dataset.Sample]], recipe: PreprocessReci
         filling = out_dir / f".{chunk_file(index)}.filling"
         np.lib.format.open_memmap(filling, mode="w+", dtype=np.uint8,
                                   shape=(len(samples), recipe.crop, recipe.crop, 3)).flush()
+        # reserve the blocks now: a full disk is then an OSError here, not a SIGBUS that kills
+        # the worker writing into a page of the (sparse) memory-mapped file
+        with open(filling, "rb+") as stream:
+            os.posix_fallocate(stream.fileno(), 0, os.fstat(stream.fileno()).st_size)
         jobs = [(str(filling), i, [str(s.path) for s in samples[i : i + PIECE]], recipe)
                 for i in range(0, len(samples), PIECE)]
         return index, filling, [pool.submit(_fill, job) for job in jobs]
@@ -92,8 +96,11 @@ def _fill_chunks(chunks: dict[int, list[dataset.Sample]], recipe: PreprocessReci
                 os.fsync(stream.fileno())
             os.replace(filling, out_dir / chunk_file(index))
     finally:
-        # on an error (a broken image, Ctrl-C) drop the queued tasks instead of finishing them
+        # on an error (a broken image, Ctrl-C) drop the queued tasks instead of finishing them,
+        # and the chunks they were filling: only whole chunk files stay for the next run
         pool.shutdown(wait=True, cancel_futures=True)
+        for unfinished in out_dir.glob(".chunk_*.filling"):
+            unfinished.unlink(missing_ok=True)
 
 
 def run(cfg: RunConfig, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
