@@ -15,8 +15,11 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def install() -> None:
-    """SIGTERM (kill, a batch scheduler's time limit) takes the KeyboardInterrupt path."""
+    """SIGTERM (kill, a batch scheduler's time limit) takes the KeyboardInterrupt path, and so
+    does SIGINT even where it was inherited as ignored (a non-interactive shell starts background
+    jobs that way), so a Ctrl-C or `kill -INT` always ends the run KILLED with its work kept."""
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
 
 
 def ignore_in_worker() -> None:
