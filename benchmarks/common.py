@@ -51,7 +51,7 @@ def base_overrides(model: str, bs: int, args: argparse.Namespace) -> list[str]:
 def make(cfg: RunConfig, stages: list[str]) -> dict[str, Path]:
     """Run `stages` through the runner's cache; artifact name -> path."""
     cfg.stage.stages = stages
-    result = pipeline.run(cfg)
+    result = pipeline.run(pipeline.plan(cfg), cfg.cache_dir)
     paths = {}
     for record in result.stages:
         for name in record.entry.output.artifacts:

@@ -17,11 +17,12 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import common
-from runner.backends import backend_for
+from runner import artifacts
+from runner.artifacts import PreprocessedDataset
+from runner.backends import SessionSettings, backend_for
 from runner.config import RunConfig
 from runner.data.transforms import normalize
 from runner.stages import benchmark, infer
-from runner.stages.preprocess import PreprocessedDataset
 
 TARGET = 0.90
 
@@ -29,12 +30,13 @@ TARGET = 0.90
 def serial_e2e_fps(cfg: RunConfig, paths: dict[str, Path], out_dir: Path) -> float:
     """The infer pass without prefetch, after the same warm-up as the stage."""
     data = PreprocessedDataset(paths["dataset"])
-    session = backend_for(cfg.chip).open_session(paths["model"], cfg.chip, 0)
+    session = backend_for(cfg.chip.runtime).open_session(paths["model"],
+                                                         SessionSettings.from_config(cfg), 0)
     first = normalize(data.read(0, min(cfg.bs, len(data))), cfg.model.preprocess)
     for _ in range(infer.WARMUP_CALLS):
         session.run(first)
-    (out_dir / infer.LOGITS_DIR).mkdir(parents=True)
-    chunks = infer.chunk_ranges(len(data), cfg.bs * infer.BATCHES_PER_CHUNK)
+    (out_dir / artifacts.LOGITS_DIR).mkdir(parents=True)
+    chunks = artifacts.chunk_ranges(len(data), cfg.bs * infer.BATCHES_PER_CHUNK)
     times = infer.infer_chunks(session, data, cfg.model.preprocess, cfg.bs, chunks, out_dir,
                                prefetch=0)
     return times.metrics()["e2e_fps"]
@@ -77,12 +79,15 @@ def main() -> None:
                     with tempfile.TemporaryDirectory() as scratch:
                         out = Path(scratch)
                         if side == "e2e":
-                            last_e2e = infer.run(cfg, paths, out).metrics
+                            settings = infer.Settings.from_config(cfg)
+                            last_e2e = infer.run(settings, paths, out).metrics
                             e2e.append(last_e2e["e2e_fps"])
                         elif side == "serial":
                             serial.append(serial_e2e_fps(cfg, paths, out))
                         else:
-                            pure.append(benchmark.run(cfg, paths, out).metrics["throughput_fps"])
+                            measured = benchmark.run(benchmark.Settings.from_config(cfg), paths,
+                                                     out)
+                            pure.append(measured.metrics["throughput_fps"])
             ratio = common.mean(e2e) / common.mean(pure)
             serial_ratio = common.mean(serial) / common.mean(pure)
             print(f"{model:<12}{bs:>4}{common.mean(e2e):>9.1f}{common.mean(serial):>8.1f}"

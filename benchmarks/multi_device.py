@@ -5,7 +5,7 @@ CPU: N ONNX Runtime workers with one intra-op thread each, and the PyTorch runti
     .venv/bin/python benchmarks/multi_device.py [--bs 4] [--devices 2] [--seconds 3]
 
 Each figure is the runner's benchmark stage method (runner.measurement.measure through
-runner.devices.benchmark): warm-up >= 10 calls and 0.5 s, then >= 100 calls and --seconds,
+runner.device_benchmark.benchmark): warm-up >= 10 calls and 0.5 s, then >= 100 calls and --seconds,
 throughput = 1000 * bs / mean(ms of one synchronous session.run), time.perf_counter_ns.
 """
 
@@ -21,11 +21,11 @@ from hydra import compose, initialize_config_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runner import config, devices
+from runner import config, device_benchmark
 from runner.backends import backend_for
 from runner.models import build
-from runner.stages.benchmark import input_batch
-from runner.stages.export import export_onnx
+from runner.stages import benchmark
+from runner.stages.export import export_onnx, onnx_spec
 
 
 def run_config(*overrides: str) -> config.RunConfig:
@@ -38,9 +38,12 @@ def measure(overrides: list[str], onnx_path: Path, work: Path) -> dict[str, floa
     cfg = run_config(*overrides)
     out = work / cfg.chip.name
     out.mkdir(exist_ok=True)
-    model_path, _ = backend_for(cfg.chip).convert(onnx_path, out, cfg)
-    results = devices.benchmark(cfg, model_path, input_batch)
-    return devices.aggregate_metrics(results, cfg.chip.runtime, cfg.bs)
+    backend = backend_for(cfg.chip.runtime)
+    model_path, _ = backend.convert(onnx_path, out, backend.convert_settings(cfg))
+    settings = benchmark.Settings.from_config(cfg)
+    results = device_benchmark.benchmark(settings.devices, settings.session, model_path,
+                                         settings.batch, settings.method)
+    return device_benchmark.aggregate_metrics(results, cfg.chip.runtime, cfg.bs)
 
 
 def main() -> None:
@@ -57,7 +60,8 @@ def main() -> None:
         cfg = run_config(*common)
         onnx_path = work / "model.onnx"
         with torch.no_grad():
-            export_onnx(build.build(cfg.model, None, cfg.seed), cfg, onnx_path)
+            net = build.build(cfg.model.arch, cfg.model.arch_kwargs, None, cfg.seed)
+            export_onnx(net, onnx_spec(cfg), onnx_path)
         rows = []
         for runtime in ("cpu", "torch_cpu"):
             one = measure([*common, f"chip={runtime}"], onnx_path, work)

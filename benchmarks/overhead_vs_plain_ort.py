@@ -1,7 +1,8 @@
 """Target 1: the runner's pure-inference throughput / a plain ONNX Runtime loop >= 0.98.
 
 Same model file (the runner's converted model), same batch, bs and thread settings. Each round
-times the runner (its benchmark stage's `measure_session`: warm-up, stopping rule) and then a
+times the runner (the benchmark stage's own per-device code, `device_benchmark.benchmark_on_device`:
+session, warm-up, stopping rule) and then a
 plain `InferenceSession.run` loop of as many calls after as many warm-up calls, in alternating
 order so drift on a shared machine falls on both sides; throughput is 1000 * bs / mean(ms)
 on both sides.
@@ -18,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from benchmarks import common
-from runner.backends import backend_for
+from runner import device_benchmark
 from runner.config import BenchmarkConfig
 from runner.stages import benchmark
 
@@ -76,9 +77,9 @@ def main() -> None:
                 f"benchmark.min_duration_s={args.min_duration}", "benchmark.max_trials=1",
                 "benchmark.repeats=1")
             model_path = common.make(cfg, ["export", "convert"])["model"]
-            runner_session = backend_for(cfg.chip).open_session(model_path, cfg.chip, 0)
+            settings = benchmark.Settings.from_config(cfg)
             plain = plain_session(str(model_path), args.threads)
-            feed = {plain.get_inputs()[0].name: benchmark.input_batch(cfg)}
+            feed = {plain.get_inputs()[0].name: settings.batch.make()}
             runner_fps: list[float] = []
             plain_fps: list[float] = []
             calls = 0
@@ -88,7 +89,9 @@ def main() -> None:
                 order = ("runner", "plain") if round_index % 2 == 0 else ("plain", "runner")
                 for side in order:
                     if side == "runner":
-                        result = benchmark.measure_session(runner_session, cfg)
+                        result = device_benchmark.benchmark_on_device(
+                            0, settings.session, model_path, settings.batch,
+                            settings.method).measurement
                         runner_fps.append(result.throughput_fps)
                         calls = result.iterations
                     else:

@@ -46,7 +46,7 @@ def child(argv: list[str]) -> None:
         if record.name == "preprocess":
             marks["before_infer_mb"] = peak_rss_mb()
 
-    pipeline.run(cfg, on_stage=on_stage)
+    pipeline.run(pipeline.plan(cfg), cfg.cache_dir, on_stage=on_stage)
     print(json.dumps({**marks, "peak_mb": peak_rss_mb()}))
 
 

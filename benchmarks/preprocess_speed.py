@@ -125,7 +125,7 @@ def bench(model: str, images: list[Path], copies: int, rounds: int, work: Path) 
         ref_cpu.append(cpu_seconds() - cpu)
         our_dir.mkdir()
         cpu, started = cpu_seconds(), time.perf_counter()
-        output = preprocess.run(cfg, {}, our_dir)
+        output = preprocess.run(preprocess.Settings.from_config(cfg), {}, our_dir)
         our_s.append(time.perf_counter() - started)
         our_cpu.append(cpu_seconds() - cpu)
 

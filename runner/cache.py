@@ -10,7 +10,6 @@ A file lock per key keeps two processes (parallel sweep jobs) from computing the
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import io
 import json
@@ -25,6 +24,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from runner.errors import StorageError
+from runner.locks import file_lock
 
 RESULT_FILE = "result.json"
 # write failures that mean "this disk cannot take the output", as opposed to a bad input file
@@ -86,6 +86,19 @@ def _atomic_file(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
+@contextmanager
+def atomic_output_path(path: Path) -> Iterator[Path]:
+    """A temporary path for a library that writes a file itself (torch.onnx.export, atc): the
+    file appears at `path` only when the block completes, and is removed on any failure."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
     with _atomic_file(path) as stream:
         stream.write(data)
@@ -100,17 +113,6 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.save(buffer, array)
     atomic_write_bytes(path, buffer.getbuffer())
-
-
-@contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _load_output(path: Path) -> StageOutput:
@@ -134,7 +136,7 @@ def run_cached(
     """The finished entry for `key`, computing it with `compute(work_dir)` unless it exists."""
     final = cache_dir / stage / key
     partial = final.with_name(f"{key}.partial")
-    with _locked(final.with_name(f"{key}.lock")):
+    with file_lock(final.with_name(f"{key}.lock")):
         if not force and (entry := lookup(cache_dir, stage, key)) is not None:
             return entry
         if force and partial.exists():

@@ -18,17 +18,17 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runner import config, interrupts, pipeline, redact, sweep, tracking
+from runner import config, interrupts, pipeline, redact, sweep
 from runner.cache import STORAGE_ERRNOS, check_writable
-from runner.errors import ConfigError, RunnerError
+from runner.errors import RunnerError
 
 log = logging.getLogger("runner")
 
 config.register()
 
 SUMMARY_METRICS = ("top1", "top5", "throughput_fps", "latency_ms_p50", "latency_ms_p99", "e2e_fps")
-DEBUG_HINT = "rerun with debug=true for the traceback"
-DEBUG_OVERRIDE = re.compile(r"\+{0,2}debug=(true|yes|on|1)", re.IGNORECASE)
+DEBUG_HINT = "rerun with traceback=true for the traceback"
+DEBUG_OVERRIDE = re.compile(r"\+{0,2}traceback=(true|yes|on|1)", re.IGNORECASE)
 
 
 def summary_table(cfg: config.RunConfig, result: pipeline.PipelineResult) -> str:
@@ -47,20 +47,26 @@ def summary_table(cfg: config.RunConfig, result: pipeline.PipelineResult) -> str
 
 
 def run_job(cfg: DictConfig) -> dict[str, float]:
-    """One job: validate, run every configured stage inside an MLflow run; the metrics."""
+    """One job: validate and plan (every check that needs no work), then run every stage inside
+    an MLflow run; the metrics."""
     link = sweep.current_link()  # set when this job is part of a sweep (`-m`)
     try:
         run_cfg = config.validate(cfg)
-    except ConfigError as error:
+        planned = pipeline.plan(run_cfg)
+        check_writable(run_cfg.cache_dir, "paths.cache_dir")
+    except RunnerError as error:
         if link is not None:  # so the sweep's table lists it with the other jobs
+            from runner import tracking
+
             tracking.record_invalid_config(cfg, error, link)
         raise
-    check_writable(run_cfg.cache_dir, "paths.cache_dir")
+    from runner import tracking  # MLflow's import is slow: only once there is a run to track
+
     tree: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     with tracking.tracked_run(run_cfg, tree, run_dir, sweep=link) as run_id:
         log.info("MLflow run %s (%s)", run_id, redact.text(run_cfg.mlflow.tracking_uri))
-        result = pipeline.run(run_cfg, on_stage=tracking.log_stage)
+        result = pipeline.run(planned, run_cfg.cache_dir, on_stage=tracking.log_stage)
     print(summary_table(run_cfg, result))
     return result.metrics
 
@@ -112,7 +118,7 @@ def main(cfg: DictConfig) -> dict[str, float] | None:
     try:
         return run_job(cfg)
     except Exception as error:
-        if cfg.get("debug"):
+        if cfg.get("traceback"):
             traceback.print_exc()
         message = redact.text(describe(error))
         log.error("%s", message)
@@ -125,7 +131,7 @@ def main(cfg: DictConfig) -> dict[str, float] | None:
 
 def entry() -> None:
     """`python -m runner`: Hydra's main, with every error as one line `runner: error: ...` and
-    exit status 1 (tracebacks with debug=true or HYDRA_FULL_ERROR=1), and Ctrl-C or SIGTERM as
+    exit status 1 (tracebacks with traceback=true or HYDRA_FULL_ERROR=1), and Ctrl-C or SIGTERM as
     an interruption that keeps finished work (exit status 128 + the signal number)."""
     interrupts.install()
     debug = (any(DEBUG_OVERRIDE.fullmatch(arg) for arg in sys.argv[1:])

@@ -19,10 +19,12 @@ from runner.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
-STAGE_NAMES = ("export", "convert", "preprocess", "infer", "parity", "evaluate", "benchmark",
-               "score")
+# every stage, in pipeline order (runner/stages/<name>.py)
+STAGE_NAMES = ("export", "convert", "preprocess", "infer", "reference", "parity", "evaluate",
+               "benchmark", "score")
 # what a run does when no stage preset says otherwise (`score` reads results made elsewhere)
-DEFAULT_STAGES = ("export", "convert", "preprocess", "infer", "parity", "evaluate", "benchmark")
+DEFAULT_STAGES = ("export", "convert", "preprocess", "infer", "reference", "parity", "evaluate",
+                  "benchmark")
 RUNTIMES = ("onnxruntime", "torch", "ais_bench")
 PRECISIONS = ("fp32", "fp16")
 # the kinds of device each runtime can drive
@@ -51,6 +53,20 @@ def arch_allowed(name: str, prefixes: tuple[str, ...] | list[str],
         return False
     packages = [p.rstrip(".") for p in prefixes]
     return any(name.startswith(f"{package}.") for package in packages if package)
+
+
+def allowed_arch_prefixes(extra: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The packages `model.arch` may name: the built-in ones and security.extra_arch_prefixes."""
+    return (*BUILTIN_ARCH_PREFIXES, *extra)
+
+
+def check_arch(arch: str, allowed: tuple[str, ...]) -> None:
+    """The one allow-list check of `model.arch`, for the config and for every import of it."""
+    if not arch_allowed(arch, allowed):
+        raise ConfigError(
+            f"model.arch={arch!r} is outside the allowed packages ({', '.join(allowed)}): to "
+            "trust another package, pass security.extra_arch_prefixes=[its.prefix]"
+        )
 
 
 @dataclass
@@ -372,7 +388,7 @@ class RunConfig:
     parity: ParityConfig = field(default_factory=ParityConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
-    debug: bool = False  # print the traceback of an error, not only its one-line message
+    traceback: bool = False  # print the traceback of an error, not only its one-line message
 
     def __post_init__(self) -> None:
         if self.bs <= 0:
@@ -382,13 +398,7 @@ class RunConfig:
             raise ConfigError(
                 f"bs={self.bs} is not one of chip.dynamic_batch_sizes={sizes}: add it there"
             )
-        allowed = (*BUILTIN_ARCH_PREFIXES, *self.security.extra_arch_prefixes)
-        if not arch_allowed(self.model.arch, allowed):
-            raise ConfigError(
-                f"model.arch={self.model.arch!r} is outside the allowed packages "
-                f"({', '.join(allowed)}): to trust another package, pass "
-                "security.extra_arch_prefixes=[its.prefix]"
-            )
+        check_arch(self.model.arch, allowed_arch_prefixes(self.security.extra_arch_prefixes))
 
     @property
     def cache_dir(self) -> Path:

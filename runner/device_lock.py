@@ -9,13 +9,10 @@ work (CPU load; nvidia-smi for CUDA providers; npu-smi for Ascend) and warns abo
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import re
 import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -25,7 +22,8 @@ from typing import Any
 
 import psutil
 
-from runner.config import ChipConfig
+from runner.locks import LockRecord, file_lock
+from runner.tools import tool_output
 
 log = logging.getLogger("runner")
 
@@ -39,42 +37,15 @@ def lock_path(cache_dir: Path, chip: str, device: int) -> Path:
     return cache_dir / LOCK_DIR / f"{safe}-device{device}.lock"
 
 
-@dataclass
-class LockRecord:
-    path: str
-    waited_s: float  # time spent waiting for another job to release the device
-    held_by: str | None  # who held it when this job asked, as that job wrote it
-
-
 @contextmanager
 def device_lock(cache_dir: Path, chip: str, device: int) -> Iterator[LockRecord]:
     """Hold the exclusive lock of (chip, device); wait, saying for whom, while another job does."""
-    path = lock_path(cache_dir, chip, device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        started = time.perf_counter()
-        held_by = None
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            held_by = handle.read().strip() or "another process"
-            log.warning("device %s:%d is in use by %s; waiting for it (lock %s)",
-                        chip, device, held_by, path)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        waited_s = time.perf_counter() - started
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
-        handle.flush()
-        try:
-            yield LockRecord(str(path), waited_s, held_by)
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            handle.flush()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    def say_waiting(path: Path, holder: str) -> None:
+        log.warning("device %s:%d is in use by %s; waiting for it (lock %s)", chip, device,
+                    holder, path)
+
+    with file_lock(lock_path(cache_dir, chip, device), on_wait=say_waiting) as record:
+        yield record
 
 
 @dataclass
@@ -106,11 +77,7 @@ def cpu_busy_pct(sample_s: float = CPU_SAMPLE_S) -> float:
 
 
 def _run_tool(command: list[str]) -> str | None:
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout if done.returncode == 0 else None
+    return tool_output(command, timeout_s=TOOL_TIMEOUT_S)
 
 
 def nvidia_busy(device: int) -> BusyReading:
@@ -149,14 +116,9 @@ def npu_busy(device: int) -> BusyReading:
     return BusyReading("npu-smi", max(rates))
 
 
-def device_tools(chip: ChipConfig) -> list[str]:
+def device_tools(device_type: str) -> list[str]:
     """Which accelerator tools report on the chip's device, besides the host CPU."""
-    tools = []
-    if any("CUDA" in p or "Tensorrt" in p for p in chip.providers):
-        tools.append("nvidia-smi")
-    if chip.runtime == "ais_bench" or any("CANN" in p for p in chip.providers):
-        tools.append("npu-smi")
-    return tools
+    return {"cuda": ["nvidia-smi"], "npu": ["npu-smi"]}.get(device_type, [])
 
 
 @dataclass
@@ -180,11 +142,11 @@ class BusyCheck:
         ]
 
 
-def check_busy(chip: ChipConfig, devices: list[int], threshold: float) -> BusyCheck:
+def check_busy(device_type: str, devices: list[int], threshold: float) -> BusyCheck:
     check = BusyCheck(threshold_pct=100.0 * threshold)
     check.readings.append(BusyReading("cpu", cpu_busy_pct()))
     readers = {"nvidia-smi": nvidia_busy, "npu-smi": npu_busy}
-    for tool in device_tools(chip):
+    for tool in device_tools(device_type):
         check.readings.extend(readers[tool](device) for device in devices)
     return check
 
@@ -205,15 +167,15 @@ class GuardRecord:
 
 
 @contextmanager
-def guard(cache_dir: Path, chip: ChipConfig, devices: list[int],
+def guard(cache_dir: Path, chip: str, device_type: str, devices: list[int],
           threshold: float) -> Iterator[GuardRecord]:
     """Hold the locks of all the job's devices, then check how busy they are; for the timed work
     inside. Locks are taken in device order, so two jobs sharing devices never each hold one
     that the other waits for (their workers would meet at the start barrier, deadlocked)."""
     ordered = sorted(set(devices))
     with ExitStack() as stack:
-        locks = [stack.enter_context(device_lock(cache_dir, chip.name, d)) for d in ordered]
-        busy = check_busy(chip, ordered, threshold)
+        locks = [stack.enter_context(device_lock(cache_dir, chip, d)) for d in ordered]
+        busy = check_busy(device_type, ordered, threshold)
         for warning in busy.warnings:
-            log.warning("%s devices %s: %s", chip.name, ordered, warning)
+            log.warning("%s devices %s: %s", chip, ordered, warning)
         yield GuardRecord(locks, busy)

@@ -6,14 +6,14 @@ import importlib
 import importlib.util
 import os
 import platform
-import shutil
 import socket
-import subprocess
+from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
 from typing import Any
 
 from runner.config import PROJECT_ROOT, ChipConfig
+from runner.tools import tool_output
 
 LIBRARIES = ("torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy", "pillow",
              "hydra-core", "omegaconf", "mlflow", "ais_bench", "aclruntime")
@@ -60,48 +60,53 @@ def module_version(name: str) -> str:
 
 
 def git_commit() -> str:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-            timeout=5, check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
-            capture_output=True, text=True, timeout=5, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+    commit = tool_output(["git", "rev-parse", "HEAD"], timeout_s=5, cwd=PROJECT_ROOT)
+    dirty = tool_output(["git", "status", "--porcelain", "--untracked-files=no"], timeout_s=5,
+                        cwd=PROJECT_ROOT)
+    if commit is None or dirty is None:
         return "unknown"
-    return f"{commit}-dirty" if dirty else commit
+    return f"{commit.strip()}-dirty" if dirty.strip() else commit.strip()
 
 
-def _run(command: list[str]) -> str | None:
-    """A tool's standard output, or None where it is not installed or fails."""
-    if shutil.which(command[0]) is None:
-        return None
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout if result.returncode == 0 else None
+@dataclass(frozen=True)
+class ChipFacts:
+    """What the environment record needs to know of the chip."""
+
+    name: str
+    runtime: str
+    device_type: str
+    threads: int
+    devices: tuple[int, ...]
+    soc_version: str | None = None
+
+    @classmethod
+    def of_session(cls, name: str, session: Any, devices: tuple[int, ...]) -> ChipFacts:
+        """From a stage's chip name, its `backends.SessionSettings` and its devices."""
+        return cls(name, session.runtime, session.device_type, session.threads, devices)
+
+    @classmethod
+    def of(cls, chip: ChipConfig) -> ChipFacts:
+        return cls(chip.name, chip.runtime, chip.device_type, chip.threads,
+                   tuple(chip.devices), chip.soc_version)
 
 
 @cache
 def nvidia_smi() -> list[tuple[str, str]] | None:
     """(name, driver version) of each GPU, from nvidia-smi; None without it."""
-    out = _run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"])
+    out = tool_output(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"])
     if out is None:
         return None
     rows = [line.rsplit(",", 1) for line in out.splitlines() if "," in line]
     return [(name.strip(), driver.strip()) for name, driver in rows]
 
 
-def _pick(values: list[str], devices: list[int]) -> str:
+def _pick(values: list[str], devices: tuple[int, ...]) -> str:
     """The values of the run's devices (all of them where the ids do not index the list)."""
     chosen = [values[d] for d in devices if d < len(values)] or values
     return ",".join(dict.fromkeys(chosen))
 
 
-def _cuda_facts(chip: ChipConfig) -> dict[str, Any]:
+def _cuda_facts(chip: ChipFacts) -> dict[str, Any]:
     gpus = nvidia_smi()
     facts: dict[str, Any] = {
         "device_name": _pick([n for n, _ in gpus], chip.devices) if gpus
@@ -122,7 +127,7 @@ def _cuda_facts(chip: ChipConfig) -> dict[str, Any]:
     return facts
 
 
-def _npu_facts(chip: ChipConfig) -> dict[str, Any]:
+def _npu_facts(chip: ChipFacts) -> dict[str, Any]:
     from runner.backends import ascend
 
     info = ascend.npu_smi_info()
@@ -137,7 +142,7 @@ def _npu_facts(chip: ChipConfig) -> dict[str, Any]:
     }
 
 
-def _thread_facts(chip: ChipConfig) -> dict[str, Any]:
+def _thread_facts(chip: ChipFacts) -> dict[str, Any]:
     facts: dict[str, Any] = {
         "threads": chip.threads or "runtime default",  # intra-op threads per device
         "usable_cores": len(os.sched_getaffinity(0)),
@@ -151,9 +156,11 @@ def _thread_facts(chip: ChipConfig) -> dict[str, Any]:
     return facts
 
 
-def capture(chip: ChipConfig) -> dict[str, Any]:
+def capture(chip: ChipConfig | ChipFacts) -> dict[str, Any]:
     """Facts about this machine and chip, logged as MLflow tags (`env.*`): the device and its
     driver (nvidia-smi, npu-smi or the CPU model), runtime and library versions, threads."""
+    if isinstance(chip, ChipConfig):
+        chip = ChipFacts.of(chip)
     facts: dict[str, Any] = {
         "host": socket.gethostname(),
         "os": platform.platform(),

@@ -21,15 +21,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback
-from mlflow.entities import Run
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from runner import environment, redact, tracking
+from runner import environment, redact
 from runner.config import MlflowConfig
+
+if TYPE_CHECKING:  # MLflow's import is slow: every function that needs it imports it
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger("runner")
 
@@ -50,10 +52,19 @@ METHOD_NOTES = (
     "cache: stages of the job found finished in the stage cache / stages run.",
 )
 
-_job: tracking.SweepLink | None = None  # the sweep job running in this process, if any
+@dataclass(frozen=True)
+class SweepLink:
+    """What a sweep job's run needs to hang under its sweep's parent run."""
+
+    parent_run_id: str
+    job_num: int
+    overrides: list[str] = field(default_factory=list)  # the job's command-line overrides
 
 
-def current_link() -> tracking.SweepLink | None:
+_job: SweepLink | None = None  # the sweep job running in this process, if any
+
+
+def current_link() -> SweepLink | None:
     """The parent run of the sweep job running in this process; None outside a sweep."""
     return _job
 
@@ -234,8 +245,8 @@ class SweepCallback(Callback):
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _job
         if self.parent_run_id is not None:
-            _job = tracking.SweepLink(self.parent_run_id, int(config.hydra.job.num),
-                                      list(config.hydra.overrides.task))
+            _job = SweepLink(self.parent_run_id, int(config.hydra.job.num),
+                             list(config.hydra.overrides.task))
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         global _job
@@ -244,6 +255,10 @@ class SweepCallback(Callback):
     # --
 
     def _open(self, config: DictConfig) -> None:
+        from mlflow.tracking import MlflowClient
+
+        from runner import tracking
+
         settings = mlflow_settings(config)
         # Made here, once, before any job starts: parallel jobs then find the store's schema
         # and the experiment ready instead of racing to create them.
@@ -278,6 +293,8 @@ class SweepCallback(Callback):
 
     def _close(self, config: DictConfig, stopped_early: bool) -> list[Row]:
         """Read the children back, write and log the table and plots, end the parent run."""
+        from mlflow.tracking import MlflowClient
+
         assert self.parent_run_id is not None and self.experiment_id is not None
         self._closed = True
         client = MlflowClient(tracking_uri=self.tracking_uri)

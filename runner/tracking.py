@@ -3,7 +3,6 @@ every run (so runs compare), tags that say what was run where, and the right end
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -12,7 +11,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse, urlsplit
@@ -25,8 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 from runner import environment, redact
 from runner.config import MlflowConfig, RunConfig
 from runner.errors import TrackingError
+from runner.locks import file_lock
 from runner.models import weights
 from runner.pipeline import StageRecord
+from runner.sweep import SweepLink
 
 log = logging.getLogger("runner")
 
@@ -71,15 +71,6 @@ def check_store(settings: MlflowConfig, timeout_s: float = 5.0) -> None:
             )
 
 
-@dataclass(frozen=True)
-class SweepLink:
-    """What a sweep job's run needs to hang under its sweep's parent run."""
-
-    parent_run_id: str
-    job_num: int
-    overrides: list[str] = field(default_factory=list)  # the job's command-line overrides
-
-
 def experiment_id(settings: MlflowConfig) -> str:
     mlflow.set_tracking_uri(settings.tracking_uri)
     # Two processes opening a new SQLite store at once both run MLflow's schema migrations
@@ -119,13 +110,8 @@ def _sqlite_init_lock(tracking_uri: str) -> Iterator[None]:
         yield
         return
     db = Path(tracking_uri.removeprefix("sqlite:///"))
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(f"{db.name}-init.lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(db.with_name(f"{db.name}-init.lock")):
+        yield
 
 
 def override_params(overrides: list[str]) -> dict[str, str]:

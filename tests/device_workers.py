@@ -7,19 +7,19 @@ from __future__ import annotations
 import os
 import time
 
-from runner import devices
+from runner import device_pool
 from runner.errors import DatasetError
 
 
 def report_process(device: int, tag: str) -> tuple[int, str, int, int]:
-    devices.start_together()
+    device_pool.start_together()
     return device, tag, os.getpid(), time.perf_counter_ns()
 
 
 def fail_on_device_one(device: int) -> int:
     if device == 1:
         raise DatasetError("chunk 3 is unreadable")
-    devices.start_together()  # released by device 1's failure, not left waiting
+    device_pool.start_together()  # released by device 1's failure, not left waiting
     return device
 
 

@@ -9,9 +9,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from runner.artifacts import PreprocessedDataset, load_logits
 from runner.data.transforms import normalize
-from runner.stages.infer import load_logits
-from runner.stages.preprocess import PreprocessedDataset
 from tests.conftest import Workspace, run_config
 
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from runner.accuracy import topk_accuracy
+from runner.artifacts import guide_json, load_logits
 from runner.data import aisbench_files
 from runner.errors import ConfigError, ResultFilesError
 from runner.stages import score
-from runner.stages.evaluate import guide_json, topk_accuracy
-from runner.stages.infer import load_logits
 from tests.conftest import Workspace, run_config
 
 
@@ -106,7 +106,7 @@ def _score(results: Path, root: Path, out: Path, *overrides: str):
     cfg = run_config("stage=score", "model=inceptionv4", f"score.results={results}",
                      "dataset=imagenet", f"dataset.root={root}", *overrides)
     out.mkdir(parents=True, exist_ok=True)
-    return score.run(cfg, {}, out)
+    return score.run(score.Settings.from_config(cfg), {}, out)
 
 
 @pytest.mark.parametrize("fmt", ["txt", "npy", "bin"])
@@ -202,4 +202,4 @@ def test_score_and_result_format_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match=r"score\.format='csv'"):
         run_config("score.format=csv")
     with pytest.raises(ConfigError, match=r"score\.results is not set"):
-        score.key_config(run_config("stage=score"))
+        score.Settings.from_config(run_config("stage=score"))

@@ -17,11 +17,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from runner.backends import ConversionError, ais_bench, ascend
+from runner.backends import ConversionError, SessionSettings, ais_bench, ascend
 from runner.errors import ConfigError, ToolMissingError
 from runner.models import build
+from runner.settings import key_settings
 from runner.stages import convert as convert_stage
-from runner.stages.export import export_onnx
+from runner.stages.export import export_onnx, onnx_spec
 from tests import reference
 from tests.conftest import Workspace, run_config
 from tests.standins import CANN_VERSION, AscendStandins, install
@@ -39,7 +40,8 @@ def alexnet_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = run_config("model.weights=random")
     target = tmp_path_factory.mktemp("onnx") / "model.onnx"
     with torch.no_grad():
-        export_onnx(build.build(cfg.model, None, seed=0), cfg, target)
+        net = build.build(cfg.model.arch, cfg.model.arch_kwargs, None, seed=0)
+        export_onnx(net, onnx_spec(cfg), target)
     return target
 
 
@@ -71,7 +73,7 @@ def use_standins(standins: AscendStandins,
 def test_atc_command_is_the_guides(use_standins, alexnet_onnx: Path, tmp_path: Path) -> None:
     standins = use_standins()
     cfg = run_config("chip=ascend310p3", "bs=4", "model.weights=random")
-    om_path, facts = ais_bench.convert(alexnet_onnx, tmp_path, cfg)
+    om_path, facts = ais_bench.convert(alexnet_onnx, tmp_path, ais_bench.convert_settings(cfg))
     (call,) = standins.calls("atc")
     assert call["argv"] == [
         f"--model={alexnet_onnx}", "--framework=5", f"--output={tmp_path}/model",
@@ -90,36 +92,37 @@ def test_atc_options_and_precision(use_standins, alexnet_onnx: Path, tmp_path: P
     cfg = run_config("chip=ascend310", "bs=1", "chip.precision=fp32", "model.weights=random",
                      "+chip.atc_options.op_select_implmode=high_performance",
                      "+chip.atc_options.log=info")
-    ais_bench.convert(alexnet_onnx, tmp_path, cfg)
+    ais_bench.convert(alexnet_onnx, tmp_path, ais_bench.convert_settings(cfg))
     (call,) = standins.calls("atc")
     assert call["argv"][-4:] == ["--soc_version=Ascend310", "--precision_mode=force_fp32",
                                  "--log=info", "--op_select_implmode=high_performance"]
     managed = run_config("chip=ascend310", "+chip.atc_options.soc_version=Ascend310P3")
     with pytest.raises(ConfigError, match=r"chip.atc_options.soc_version is set by the runner"):
-        ais_bench.convert_key(managed)
+        ais_bench.convert_settings(managed)
 
 
 def test_soc_version_auto_comes_from_npu_smi(use_standins, alexnet_onnx: Path,
                                              tmp_path: Path) -> None:
     standins = use_standins(chips="910B3,910B3")
     cfg = run_config("chip=ascend910b", "bs=2", "model.weights=random")
-    ais_bench.convert(alexnet_onnx, tmp_path, cfg)
+    ais_bench.convert(alexnet_onnx, tmp_path, ais_bench.convert_settings(cfg))
     (call,) = standins.calls("atc")
     assert "--soc_version=Ascend910B3" in call["argv"]
     use_standins(chips="910B3,910B4")
     with pytest.raises(ConfigError, match=r"lists 910B3, 910B4; set chip.soc_version"):
-        ais_bench.convert_key(cfg)
+        ais_bench.convert_settings(cfg)
     use_standins(npu_smi=False)
     with pytest.raises(ToolMissingError, match=r"npu-smi .* is not on PATH"):
-        ais_bench.convert_key(cfg)
+        ais_bench.convert_settings(cfg)
 
 
 def test_om_cache_key(use_standins) -> None:
     use_standins()
 
     def key(*overrides: str) -> str:
-        return json.dumps(convert_stage.key_config(
-            run_config("chip=ascend310p3", "model.weights=random", *overrides)), sort_keys=True)
+        settings = convert_stage.Settings.from_config(
+            run_config("chip=ascend310p3", "model.weights=random", *overrides))
+        return json.dumps(key_settings(settings), sort_keys=True)
 
     static = key("bs=4")
     assert key("bs=4") == static
@@ -137,11 +140,11 @@ def test_dynamic_batch_om(use_standins, alexnet_onnx: Path, tmp_path: Path) -> N
     standins = use_standins()
     cfg = run_config("chip=ascend310p3", "bs=4", "chip.dynamic_batch_sizes=[1,4,8]",
                      "model.weights=random")
-    om_path, _ = ais_bench.convert(alexnet_onnx, tmp_path, cfg)
+    om_path, _ = ais_bench.convert(alexnet_onnx, tmp_path, ais_bench.convert_settings(cfg))
     (call,) = standins.calls("atc")
     assert "--input_shape=actual_input_1:-1,3,224,224" in call["argv"]
     assert "--dynamic_batch_size=1,4,8" in call["argv"]
-    session = ais_bench.open_session(om_path, cfg.chip, 0)
+    session = ais_bench.open_session(om_path, SessionSettings.from_config(cfg), 0)
     batch = np.random.default_rng(1).standard_normal((3, 3, 224, 224), dtype=np.float32)
     assert session.run(batch).shape == (3, 1000)
     assert session.run(batch[:1]).shape == (1, 1000)
@@ -156,8 +159,8 @@ def test_both_ais_bench_apis_pad_and_time(use_standins, alexnet_onnx: Path, tmp_
                                           api: str) -> None:
     standins = use_standins(api=api)
     cfg = run_config("chip=ascend310p3", "bs=4", "model.weights=random")
-    om_path, _ = ais_bench.convert(alexnet_onnx, tmp_path, cfg)
-    session = ais_bench.open_session(om_path, cfg.chip, 1)
+    om_path, _ = ais_bench.convert(alexnet_onnx, tmp_path, ais_bench.convert_settings(cfg))
+    session = ais_bench.open_session(om_path, SessionSettings.from_config(cfg), 1)
     batch = np.random.default_rng(2).standard_normal((3, 3, 224, 224), dtype=np.float32)
     logits = session.run(batch)
     reference = ort.InferenceSession(str(alexnet_onnx), providers=["CPUExecutionProvider"])
@@ -185,7 +188,7 @@ def test_atc_failure_is_reported_with_its_code(use_standins, alexnet_onnx: Path,
     use_standins()
     cfg = run_config("chip=ascend310p3", "model.weights=random", "model.input_name=image")
     with pytest.raises(ConversionError, match=r"atc failed \(exit 1\).*E10016.*atc.log"):
-        ais_bench.convert(alexnet_onnx, tmp_path, cfg)
+        ais_bench.convert(alexnet_onnx, tmp_path, ais_bench.convert_settings(cfg))
 
 
 def test_missing_cann_or_atc_says_which(use_standins, alexnet_onnx: Path,
@@ -193,10 +196,10 @@ def test_missing_cann_or_atc_says_which(use_standins, alexnet_onnx: Path,
     cfg = run_config("chip=ascend310p3", "model.weights=random")
     use_standins(atc=False, cann=False)
     with pytest.raises(ToolMissingError, match=r"^CANN is not set up .*set_env.sh"):
-        ais_bench.convert(alexnet_onnx, tmp_path, cfg)
+        ais_bench.convert(alexnet_onnx, tmp_path, ais_bench.convert_settings(cfg))
     use_standins(atc=False)
     with pytest.raises(ToolMissingError, match=r"^atc is not on PATH although CANN is set up"):
-        ais_bench.convert(alexnet_onnx, tmp_path, cfg)
+        ais_bench.convert(alexnet_onnx, tmp_path, ais_bench.convert_settings(cfg))
 
 
 @pytest.mark.parametrize(("present", "message"), [

@@ -19,8 +19,8 @@ def test_defaults_compose_into_a_valid_run() -> None:
     assert (cfg.model.name, cfg.dataset.name, cfg.chip.name, cfg.stage.name) == (
         "alexnet", "imagenet", "cpu", "all")
     assert cfg.bs == 16
-    assert cfg.stage.stages == ["export", "convert", "preprocess", "infer", "parity", "evaluate",
-                                "benchmark"]
+    assert cfg.stage.stages == ["export", "convert", "preprocess", "infer", "reference", "parity",
+                                "evaluate", "benchmark"]
     assert cfg.mlflow.tracking_uri == f"sqlite:///{PROJECT_ROOT}/mlflow.db"
     assert cfg.mlflow.artifact_location == f"{PROJECT_ROOT}/mlruns"
 

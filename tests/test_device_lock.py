@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from runner import device_lock
-from runner.config import PROJECT_ROOT, ChipConfig
+from runner.config import PROJECT_ROOT
 
 HOLDER = textwrap.dedent("""
     import sys
@@ -169,8 +169,7 @@ def reading(check: device_lock.BusyCheck, source: str) -> device_lock.BusyReadin
 
 def test_a_busy_gpu_is_reported_with_the_processes_on_it(tools_path: Path) -> None:
     stand_in(tools_path, "nvidia-smi", NVIDIA_SMI.format(util=87))
-    chip = ChipConfig(name="cuda", providers=["CUDAExecutionProvider"])
-    check = device_lock.check_busy(chip, [1], threshold=0.25)
+    check = device_lock.check_busy("cuda", [1], threshold=0.25)
     gpu = reading(check, "nvidia-smi")
     assert gpu.busy_pct == 87.0
     assert "4242 /usr/bin/python3" in gpu.detail
@@ -182,17 +181,14 @@ def test_a_busy_gpu_is_reported_with_the_processes_on_it(tools_path: Path) -> No
 
 def test_an_idle_gpu_gives_no_warning(tools_path: Path) -> None:
     stand_in(tools_path, "nvidia-smi", NVIDIA_SMI.format(util=3))
-    chip = ChipConfig(name="cuda", providers=["CUDAExecutionProvider"])
-    check = device_lock.check_busy(chip, [0], threshold=0.25)
+    check = device_lock.check_busy("cuda", [0], threshold=0.25)
     assert reading(check, "nvidia-smi").busy_pct == 3.0
     assert not [w for w in check.warnings if w.startswith("nvidia-smi")]
 
 
 def test_the_npu_reading_is_its_busiest_ai_core(tools_path: Path) -> None:
     stand_in(tools_path, "npu-smi", NPU_SMI_USAGES.format(first=0, second=95))
-    chip = ChipConfig(name="ascend310p3", runtime="ais_bench", providers=[], device_type="npu",
-                      soc_version="Ascend310P3")
-    check = device_lock.check_busy(chip, [1], threshold=0.5)
+    check = device_lock.check_busy("npu", [1], threshold=0.5)
     assert reading(check, "npu-smi").busy_pct == 95.0
     assert any(w.startswith("npu-smi: 95% busy") for w in check.warnings)
     assert (tools_path / "npu-smi.args").read_text().split() == ["info", "-t", "usages", "-i",
@@ -203,8 +199,7 @@ def test_missing_or_unreadable_tools_are_noted_not_fatal(tools_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch
                                                           ) -> None:
     monkeypatch.setenv("PATH", str(tools_path))  # no nvidia-smi anywhere
-    chip = ChipConfig(name="cuda", providers=["CUDAExecutionProvider"])
-    gpu = reading(device_lock.check_busy(chip, [0], 0.25), "nvidia-smi")
+    gpu = reading(device_lock.check_busy("cuda", [0], 0.25), "nvidia-smi")
     assert gpu.busy_pct is None and gpu.detail == "nvidia-smi not found"
     stand_in(tools_path, "npu-smi", "echo 'Error: device 0 not found'")
     npu = device_lock.npu_busy(0)
@@ -212,8 +207,8 @@ def test_missing_or_unreadable_tools_are_noted_not_fatal(tools_path: Path,
 
 
 def test_the_cpu_chip_checks_only_the_host_cpu() -> None:
-    assert device_lock.device_tools(ChipConfig(name="cpu")) == []
-    check = device_lock.check_busy(ChipConfig(name="cpu"), [0], threshold=0.25)
+    assert device_lock.device_tools("cpu") == []
+    check = device_lock.check_busy("cpu", [0], threshold=0.25)
     assert [r.source for r in check.readings] == ["cpu"]
     assert 0.0 <= check.readings[0].busy_pct <= 100.0
 

@@ -11,7 +11,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from runner import devices
+from runner import device_benchmark, device_pool
 from runner.errors import DatasetError
 from runner.measurement import Measurement, TimedRun
 from tests import reference
@@ -20,18 +20,18 @@ from tests.device_workers import die_on_device_one, fail_on_device_one, report_p
 
 
 def test_shard_is_round_robin_and_skips_idle_devices() -> None:
-    assert devices.shard([10, 11, 12, 13, 14], [0, 3]) == {0: [10, 12, 14], 3: [11, 13]}
-    assert devices.shard([10], [0, 1, 2]) == {0: [10]}
-    assert devices.shard([], [0, 1]) == {}
+    assert device_pool.shard([10, 11, 12, 13, 14], [0, 3]) == {0: [10, 12, 14], 3: [11, 13]}
+    assert device_pool.shard([10], [0, 1, 2]) == {0: [10]}
+    assert device_pool.shard([], [0, 1]) == {}
 
 
 def test_one_device_runs_in_this_process() -> None:
-    result = devices.run_on_devices(report_process, {5: ("x",)})
+    result = device_pool.run_on_devices(report_process, {5: ("x",)})
     assert result[5][:3] == (5, "x", os.getpid())
 
 
 def test_several_devices_run_in_their_own_processes_at_once() -> None:
-    result = devices.run_on_devices(report_process, {0: ("a",), 1: ("b",)})
+    result = device_pool.run_on_devices(report_process, {0: ("a",), 1: ("b",)})
     assert [r[:2] for r in result.values()] == [(0, "a"), (1, "b")]
     pids = {r[2] for r in result.values()}
     assert len(pids) == 2 and os.getpid() not in pids
@@ -41,20 +41,20 @@ def test_several_devices_run_in_their_own_processes_at_once() -> None:
 
 def test_a_worker_error_names_its_device() -> None:
     with pytest.raises(DatasetError, match=r"^device 1: chunk 3 is unreadable$"):
-        devices.run_on_devices(fail_on_device_one, {0: (), 1: ()})
+        device_pool.run_on_devices(fail_on_device_one, {0: (), 1: ()})
 
 
 def test_a_dead_worker_is_reported() -> None:
     with pytest.raises(RuntimeError, match=r"worker for device 1 died \(exit code 3\)"):
-        devices.run_on_devices(die_on_device_one, {0: (), 1: ()})
+        device_pool.run_on_devices(die_on_device_one, {0: (), 1: ()})
 
 
 def _device_result(device: int, compute_ms: list[float], end_s: float, busy_s: tuple[float, float],
-                   own: list[float] | None = None) -> devices.DeviceBenchmark:
+                   own: list[float] | None = None) -> device_benchmark.DeviceBenchmark:
     timed = TimedRun(batch_size=4, compute_ms=compute_ms, wall_s=sum(compute_ms) / 1e3,
                      trials=1, stable=True, window_fps=[1.0], spread=0.05)
     measurement = Measurement(batch_size=4, warmup_iters=1, warmup_s=0.1, runs=[timed])
-    return devices.DeviceBenchmark(device, measurement, {"device": device}, own or [],
+    return device_benchmark.DeviceBenchmark(device, measurement, {"device": device}, own or [],
                                    int(end_s * 1e9), int(busy_s[0] * 1e9), int(busy_s[1] * 1e9))
 
 
@@ -62,7 +62,7 @@ def test_aggregate_sums_devices_measured_together() -> None:
     # device 0 timed from 100 s to 101 s, device 1 from 100.5 s to 101.5 s, both busy throughout
     first = _device_result(0, [10.0] * 100, end_s=101.0, busy_s=(99.5, 101.6))
     second = _device_result(1, [20.0] * 50, end_s=101.5, busy_s=(99.5, 101.6), own=[15.0] * 50)
-    metrics = devices.aggregate_metrics([first, second], "ais_bench", bs=4)
+    metrics = device_benchmark.aggregate_metrics([first, second], "ais_bench", bs=4)
     assert metrics["throughput_fps_dev0"] == pytest.approx(400.0)
     assert metrics["throughput_fps_dev1"] == pytest.approx(200.0)
     assert metrics["throughput_fps"] == pytest.approx(600.0)
@@ -75,9 +75,9 @@ def test_aggregate_sums_devices_measured_together() -> None:
     assert "ais_bench_throughput_fps" not in metrics
     # device 1 became busy at 100.8 s: 0.2 s of device 0's timed second had both busy
     late = _device_result(1, [20.0] * 50, end_s=101.5, busy_s=(100.8, 101.6))
-    assert devices.aggregate_metrics([first, late], "onnxruntime", bs=4)[
+    assert device_benchmark.aggregate_metrics([first, late], "onnxruntime", bs=4)[
         "benchmark_overlap"] == pytest.approx(0.2)
-    single = devices.aggregate_metrics([second], "ais_bench", bs=4)
+    single = device_benchmark.aggregate_metrics([second], "ais_bench", bs=4)
     assert single["throughput_fps"] == pytest.approx(200.0)
     assert single["ais_bench_throughput_fps"] == pytest.approx(1000 * 4 / 15)
     assert "benchmark_devices" not in single

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from runner.stages.infer import load_logits
-from runner.stages.preprocess import PreprocessedDataset
+from runner.artifacts import PreprocessedDataset, load_logits
 from tests.conftest import SAMPLE_ROOT, Workspace, needs_sample
 
 METRICS = ("top1", "top2", "top3", "top4", "top5", "throughput_fps", "latency_ms_p50",

@@ -19,7 +19,7 @@ from PIL import Image
 
 from runner import redact
 from runner.cache import atomic_save_npy, check_writable
-from runner.config import DatasetConfig, ModelConfig, PreprocessRecipe
+from runner.config import DatasetConfig, ModelConfig, PreprocessRecipe, allowed_arch_prefixes
 from runner.data import dataset
 from runner.data.transforms import load_cropped, normalize
 from runner.errors import (
@@ -230,12 +230,13 @@ SQUEEZENET = ModelConfig(name="squeezenet", arch="torchvision.models.squeezenet1
 @pytest.fixture(scope="module")
 def squeezenet_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "squeezenet.pth"
-    torch.save(build.build(SQUEEZENET, None, seed=1).state_dict(), path)
+    net = build.build(SQUEEZENET.arch, SQUEEZENET.arch_kwargs, None, seed=1)
+    torch.save(net.state_dict(), path)
     return path
 
 
 def test_good_checkpoint_loads(squeezenet_checkpoint: Path) -> None:
-    net = build.build(SQUEEZENET, squeezenet_checkpoint, seed=99)
+    net = build.build(SQUEEZENET.arch, SQUEEZENET.arch_kwargs, squeezenet_checkpoint, seed=99)
     expected = torch.load(squeezenet_checkpoint, weights_only=True)
     assert all(torch.equal(net.state_dict()[k], v) for k, v in expected.items())
 
@@ -256,7 +257,7 @@ def test_truncated_checkpoint(tmp_path: Path, squeezenet_checkpoint: Path,
     path.write_bytes(data[: int(len(data) * keep) if isinstance(keep, float) else keep])
     with pytest.raises(WeightsError, match=r"checkpoint .*cut.pth cannot be read \(.+\): it may "
                                            r"be truncated") as error:
-        build.build(SQUEEZENET, path, seed=0)
+        build.build(SQUEEZENET.arch, SQUEEZENET.arch_kwargs, path, seed=0)
     _one_line(error)
 
 
@@ -273,13 +274,14 @@ def test_md5_mismatch_of_a_local_checkpoint(tmp_path: Path,
 def test_checkpoint_of_another_shape_lists_the_tensors(tmp_path: Path) -> None:
     ten = ModelConfig(name="x", arch="torchvision.models.squeezenet1_1",
                       arch_kwargs={"num_classes": 10})
-    torch.save(build.build(ten, None, seed=0).state_dict(), tmp_path / "ten.pth")
+    net = build.build(ten.arch, ten.arch_kwargs, None, seed=0)
+    torch.save(net.state_dict(), tmp_path / "ten.pth")
     with pytest.raises(WeightsError, match=r"squeezenet1_1: 2 tensors of another shape "
                                            r"\(checkpoint vs model: classifier.1.weight "
                                            r"\(10, 512, 1, 1\) vs \(1000, 512, 1, 1\), "
                                            r"classifier.1.bias \(10,\) vs \(1000,\)\); check "
                                            r"model.arch_kwargs \(e.g. num_classes\)"):
-        build.build(SQUEEZENET, tmp_path / "ten.pth", seed=0)
+        build.build(SQUEEZENET.arch, SQUEEZENET.arch_kwargs, tmp_path / "ten.pth", seed=0)
 
 
 def test_checkpoint_with_wrong_keys_shows_missing_and_unexpected(
@@ -290,7 +292,7 @@ def test_checkpoint_with_wrong_keys_shows_missing_and_unexpected(
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "w.pth")
     with pytest.raises(WeightsError, match=r"1 missing keys \(features.0.bias\), 1 unexpected "
                                            r"keys \(extra.bias\)"):
-        build.build(SQUEEZENET, tmp_path / "w.pth", seed=0)
+        build.build(SQUEEZENET.arch, SQUEEZENET.arch_kwargs, tmp_path / "w.pth", seed=0)
 
 
 class _RunsCode:
@@ -313,7 +315,7 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path: Path, writer: str) -> None
         path.write_bytes(pickle.dumps(payload))
     with pytest.raises(WeightsError, match=r"evil.pth was refused by the safe loader "
                                            r"\(weights_only=True\).*never code") as error:
-        build.build(SQUEEZENET, path, seed=0)
+        build.build(SQUEEZENET.arch, SQUEEZENET.arch_kwargs, path, seed=0)
     _one_line(error)
     assert not marker.exists()
     if writer == "torch.save":  # the payload is live: the unsafe loader would have run it
@@ -345,7 +347,8 @@ def test_the_allow_list_is_checked_with_the_config_and_widened_only_explicitly()
                                           r"security.extra_arch_prefixes=\[its.prefix\]"):
         run_config("model.arch=torch.nn.Identity")
     cfg = run_config("model.arch=torch.nn.Identity", "security.extra_arch_prefixes=[torch.nn]")
-    net = build.build(cfg.model, None, 0, cfg.security.extra_arch_prefixes)
+    net = build.build(cfg.model.arch, cfg.model.arch_kwargs, None, 0,
+                      allowed_arch_prefixes(cfg.security.extra_arch_prefixes))
     assert isinstance(net, torch.nn.Identity)
     with pytest.raises(ConfigError, match=r"security.extra_arch_prefixes: 'torch nn' is not"):
         run_config("security.extra_arch_prefixes=['torch nn']")
@@ -355,11 +358,11 @@ def test_arch_kwargs_and_non_module_results_are_config_errors() -> None:
     cfg = ModelConfig(name="x", arch="torchvision.models.alexnet",
                       arch_kwargs={"num_classes": "ten"})
     with pytest.raises(ConfigError, match=r"refused model.arch_kwargs=\{'num_classes': 'ten'\}"):
-        build.build(cfg, None, seed=0)
+        build.build(cfg.arch, cfg.arch_kwargs, None, seed=0)
     cfg = ModelConfig(name="x", arch="torchvision.models.get_model_weights",
                       arch_kwargs={"name": "alexnet"})
     with pytest.raises(ConfigError, match=r"returned a .*, not a torch.nn.Module"):
-        build.build(cfg, None, seed=0)
+        build.build(cfg.arch, cfg.arch_kwargs, None, seed=0)
 
 
 # --- ONNX files -----------------------------------------------------------------------------

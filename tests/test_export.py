@@ -12,18 +12,18 @@ import torch
 from runner.backends import onnxruntime as ort_backend
 from runner.data.transforms import load_cropped, normalize
 from runner.models import build
-from runner.stages.export import export_onnx
+from runner.stages.export import export_onnx, onnx_spec
 from tests.conftest import SAMPLE_ROOT, run_config
 
 
 @pytest.fixture(scope="module")
 def alexnet(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path, Path]:
     cfg = run_config("model.weights=random")
-    net = build.build(cfg.model, None, seed=0)
+    net = build.build(cfg.model.arch, cfg.model.arch_kwargs, None, seed=0)
     out = tmp_path_factory.mktemp("export")
     with torch.no_grad():
-        export_onnx(net, cfg, out / "model.onnx")
-    optimized, _ = ort_backend.convert(out / "model.onnx", out, cfg)
+        export_onnx(net, onnx_spec(cfg), out / "model.onnx")
+    optimized, _ = ort_backend.convert(out / "model.onnx", out, ort_backend.convert_settings(cfg))
     return net, out / "model.onnx", optimized
 
 

@@ -19,7 +19,7 @@ from runner.data.transforms import load_cropped, normalize
 from runner.errors import WeightsError
 from runner.models import build
 from runner.models.inceptionv4 import InceptionV4
-from runner.stages.export import export_onnx
+from runner.stages.export import export_onnx, onnx_spec
 from tests.conftest import SAMPLE_ROOT, run_config
 
 # Shapes of the official inceptionv4-8e4777a0.pth at points spread over the network (Cadene's
@@ -88,7 +88,8 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, torch.n
     folder = tmp_path_factory.mktemp("inceptionv4")
     state = official_layout_checkpoint(folder / "inceptionv4-official-layout.pth")
     cfg = run_config("model=inceptionv4", f"model.weights={folder}/inceptionv4-official-layout.pth")
-    net = build.build(cfg.model, folder / "inceptionv4-official-layout.pth", seed=0)
+    net = build.build(cfg.model.arch, cfg.model.arch_kwargs,
+                      folder / "inceptionv4-official-layout.pth", seed=0)
     loaded_state = net.state_dict()
     for key, value in state.items():  # every tensor arrives unchanged
         assert torch.equal(loaded_state[key], value), key
@@ -101,7 +102,7 @@ def test_a_checkpoint_missing_a_key_is_refused(tmp_path: Path) -> None:
     torch.save(state, tmp_path / "short.pth")
     cfg = run_config("model=inceptionv4")
     with pytest.raises(WeightsError, match=r"1 missing keys \(features\.21\.branch2_3b"):
-        build.build(cfg.model, tmp_path / "short.pth", seed=0)
+        build.build(cfg.model.arch, cfg.model.arch_kwargs, tmp_path / "short.pth", seed=0)
 
 
 def _real_batch(cfg: RunConfig, count: int) -> np.ndarray:
@@ -119,7 +120,7 @@ def test_export_has_the_guides_interface_and_onnx_runtime_matches_pytorch(
     cfg, net, folder = loaded
     target = folder / "model.onnx"
     with torch.no_grad():
-        export_onnx(net, cfg, target)
+        export_onnx(net, onnx_spec(cfg), target)
     model = onnx.load(str(target))
     assert model.opset_import[0].version == 11
     (graph_input,), (graph_output,) = model.graph.input, model.graph.output
@@ -138,7 +139,7 @@ def test_export_has_the_guides_interface_and_onnx_runtime_matches_pytorch(
         expected = net(torch.from_numpy(batch)).numpy()
     assert expected.shape == (5, 1001)
     assert float(expected.std(axis=0).mean()) > 1e-3  # the images give different logits
-    optimized, _ = ort_backend.convert(target, folder, cfg)
+    optimized, _ = ort_backend.convert(target, folder, ort_backend.convert_settings(cfg))
     session = ort_backend.open_session(optimized, cfg.chip, 0)
     for size in (1, 2, 5):  # the dynamic batch axis
         got = np.concatenate([session.run(batch[i:i + size]) for i in range(0, 5, size)])

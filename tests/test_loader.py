@@ -13,13 +13,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from runner.backends import backend_for
+from runner import accuracy, artifacts
+from runner.artifacts import PreprocessedDataset
+from runner.backends import SessionSettings, backend_for
 from runner.config import RunConfig
 from runner.data import loader
 from runner.data.transforms import normalize
 from runner.errors import RunnerError
-from runner.stages import evaluate, infer, preprocess
-from runner.stages.preprocess import PreprocessedDataset
+from runner.stages import infer, preprocess
 from tests.conftest import run_config
 
 CLASSES = 10
@@ -57,7 +58,7 @@ def small(tmp_path_factory: pytest.TempPathFactory, generated_images: Path
                      "preprocess.chunk_size=7", "preprocess.workers=1", "bs=4")
     entry = root / "preprocess"
     entry.mkdir()
-    preprocess.run(cfg, {}, entry)
+    preprocess.run(preprocess.Settings.from_config(cfg), {}, entry)
     return cfg, entry, tiny_classifier(root / "tiny.onnx")
 
 
@@ -138,16 +139,16 @@ def test_infer_chunks_writes_one_file_per_chunk_with_the_model_logits(small,
                                                                       tmp_path: Path) -> None:
     cfg, entry, model = small
     data = PreprocessedDataset(entry)
-    session = backend_for(cfg.chip).open_session(model, cfg.chip, 0)
+    session = backend_for(cfg.chip.runtime).open_session(model, SessionSettings.from_config(cfg), 0)
     recipe = cfg.model.preprocess
     reference = session.run(normalize(data.pixels(0, 20), recipe))
     chunks = [(0, 6), (6, 12), (12, 18), (18, 20)]  # bs 4: batches cross no chunk boundary
     results = {}
     for prefetch in (0, 2):
         out = tmp_path / f"prefetch{prefetch}"
-        (out / infer.LOGITS_DIR).mkdir(parents=True)
+        (out / artifacts.LOGITS_DIR).mkdir(parents=True)
         times = infer.infer_chunks(session, data, recipe, 4, chunks, out, prefetch=prefetch)
-        files = sorted((out / infer.LOGITS_DIR).iterdir())
+        files = sorted((out / artifacts.LOGITS_DIR).iterdir())
         assert [f.name for f in files] == [f"{s:09d}.npy" for s, _ in chunks]
         results[prefetch] = np.concatenate([np.load(f) for f in files])
         assert (times.images, times.batches) == (20, 2 + 2 + 2 + 1)
@@ -163,7 +164,7 @@ def test_the_infer_stage_resumes_and_times_only_what_it_computes(small, tmp_path
     inputs = {"model": model, "dataset": entry}
     out = tmp_path / "infer"
     out.mkdir()
-    first = infer.run(cfg, inputs, out)
+    first = infer.run(infer.Settings.from_config(cfg), inputs, out)
     e2e = json.loads((out / infer.E2E_FILE).read_text())
     assert first.metrics["e2e_images"] == 20
     assert first.metrics["e2e_fps"] == pytest.approx(20 / first.metrics["e2e_wall_s"])
@@ -172,16 +173,17 @@ def test_the_infer_stage_resumes_and_times_only_what_it_computes(small, tmp_path
     assert set(e2e["method"]) >= {"timer", "warmup", "e2e_fps", *infer.PARTS}
     for part in infer.PARTS:  # mean per batch of 1 image
         assert first.metrics[f"e2e_{part}_ms"] == pytest.approx(e2e["times"][f"{part}_ms"] / 20)
-    complete = infer.load_logits(out / infer.INDEX)
+    complete = artifacts.load_logits(out / artifacts.LOGITS_INDEX)
     assert complete.shape == (20, CLASSES)
 
-    (out / infer.chunk_name(16)).unlink()  # as if killed while computing the last chunk
-    resumed = infer.run(cfg, inputs, out)
+    (out / artifacts.logits_chunk_name(16)).unlink()  # as if killed while computing the last chunk
+    resumed = infer.run(infer.Settings.from_config(cfg), inputs, out)
     assert resumed.info["resumed_chunks"] == 1 and resumed.info["computed_chunks"] == 1
     assert resumed.metrics["e2e_images"] == 4
-    np.testing.assert_array_equal(infer.load_logits(out / infer.INDEX), complete)
+    np.testing.assert_array_equal(artifacts.load_logits(out / artifacts.LOGITS_INDEX), complete)
 
-    finished = infer.run(cfg, inputs, out)  # nothing to compute: no e2e figure is claimed
+    # nothing to compute: no e2e figure is claimed
+    finished = infer.run(infer.Settings.from_config(cfg), inputs, out)
     assert finished.info["computed_chunks"] == 0
     assert "e2e_fps" not in finished.metrics
 
@@ -206,9 +208,9 @@ def test_streamed_accuracy_equals_the_whole_array_accuracy() -> None:
     logits = rng.standard_normal((53, 1001)).astype(np.float32)
     labels = rng.integers(0, 1000, size=53)
     logits[np.arange(0, 53, 3), labels[::3] + 1] += 10.0  # some top-1 hits, offset 1
-    whole = evaluate.topk_accuracy(logits, labels, class_offset=1)
+    whole = accuracy.topk_accuracy(logits, labels, class_offset=1)
     chunks = iter([logits[:16], logits[16:17], logits[17:48], logits[48:]])
-    assert evaluate.streamed_topk_accuracy(chunks, labels, class_offset=1) == whole
+    assert accuracy.streamed_topk_accuracy(chunks, labels, class_offset=1) == whole
     assert whole[0] >= 100 * 18 / 53
 
 
@@ -216,7 +218,7 @@ def test_streamed_accuracy_equals_the_whole_array_accuracy() -> None:
 def test_logits_that_do_not_cover_the_dataset_are_an_error(cut: int) -> None:
     logits = np.zeros((cut, 10), dtype=np.float32)
     with pytest.raises(RunnerError, match=r"the dataset has 53: recompute with cache\.force"):
-        evaluate.streamed_topk_accuracy(iter([logits[:20], logits[20:]]),
+        accuracy.streamed_topk_accuracy(iter([logits[:20], logits[20:]]),
                                         np.zeros(53, dtype=np.int64), class_offset=0)
 
 

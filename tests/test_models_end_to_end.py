@@ -9,8 +9,7 @@ import onnx
 import pytest
 import torch
 
-from runner.stages.infer import load_logits
-from runner.stages.preprocess import PreprocessedDataset
+from runner.artifacts import PreprocessedDataset, load_logits
 from tests.conftest import Workspace
 
 pytestmark = pytest.mark.slow

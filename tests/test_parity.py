@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from runner.artifacts import LOGITS_INDEX
 from runner.backends import onnxruntime as ort_backend
 from runner.config import ParityTolerance, RunConfig
 from runner.errors import ConfigError, ParityError
 from runner.models import build
-from runner.stages import infer, parity, preprocess
-from runner.stages.export import export_onnx
+from runner.stages import infer, parity, preprocess, reference
+from runner.stages.export import export_onnx, onnx_spec
 from tests.conftest import Workspace, run_config
 
 TIGHT = ParityTolerance(max_abs_diff=1e-3, min_top1_agreement=0.999, max_topk_delta=0.1)
@@ -60,14 +61,18 @@ def _pipeline(cfg: RunConfig, folder: Path, export_seed: int) -> dict[str, Path]
     """preprocess, then export (weights of `export_seed`), convert and infer: real artifacts."""
     data = folder / "dataset"
     data.mkdir(parents=True)
-    preprocess.run(cfg, {}, data)
-    net = build.build(cfg.model, None, export_seed)
+    preprocess.run(preprocess.Settings.from_config(cfg), {}, data)
+    net = build.build(cfg.model.arch, cfg.model.arch_kwargs, None, export_seed)
     with torch.no_grad():
-        export_onnx(net, cfg, folder / "model.onnx")
-    model, _ = ort_backend.convert(folder / "model.onnx", folder, cfg)
+        export_onnx(net, onnx_spec(cfg), folder / "model.onnx")
+    model, _ = ort_backend.convert(folder / "model.onnx", folder,
+                                   ort_backend.convert_settings(cfg))
     (folder / "infer").mkdir()
-    infer.run(cfg, {"model": model, "dataset": data}, folder / "infer")
-    return {"logits": folder / "infer" / infer.INDEX, "dataset": data}
+    infer.run(infer.Settings.from_config(cfg), {"model": model, "dataset": data}, folder / "infer")
+    (folder / "reference").mkdir()
+    reference.run(reference.Settings.from_config(cfg), {"dataset": data}, folder / "reference")
+    return {"logits": folder / "infer" / LOGITS_INDEX, "dataset": data,
+            "reference_logits": folder / "reference" / LOGITS_INDEX}
 
 
 def test_a_converted_model_that_is_not_the_checkpoint_fails_naming_images(
@@ -80,7 +85,7 @@ def test_a_converted_model_that_is_not_the_checkpoint_fails_naming_images(
     wrong = _pipeline(cfg, tmp_path / "wrong", export_seed=cfg.seed + 1)
     (tmp_path / "out").mkdir()
     with pytest.raises(ParityError) as error:
-        parity.run(cfg, wrong, tmp_path / "out")
+        parity.run(parity.Settings.from_config(cfg), wrong, tmp_path / "out")
     message = str(error.value)
     assert "\n" not in message
     assert message.startswith("parity (fp32): the converted model differs from PyTorch beyond "
@@ -91,17 +96,13 @@ def test_a_converted_model_that_is_not_the_checkpoint_fails_naming_images(
     assert report["worst_images"][0]["reference_top1"] != report["worst_images"][0][
         "converted_top1"]
 
-    # the right model passes; the PyTorch logits were cached once and are reused
+    # the right model passes
     right = _pipeline(cfg, tmp_path / "right", export_seed=cfg.seed)
-    (reference_entry,) = [p for p in (tmp_path / "cache" / parity.REFERENCE_STAGE).iterdir()
-                          if p.is_dir()]
-    stamp = (reference_entry / "result.json").stat().st_mtime_ns
     (tmp_path / "ok").mkdir()
-    output = parity.run(cfg, right, tmp_path / "ok")
+    output = parity.run(parity.Settings.from_config(cfg), right, tmp_path / "ok")
     assert output.metrics["parity_top1_agreement"] == 1.0
     assert output.metrics["parity_max_abs_diff"] <= TIGHT.max_abs_diff
     assert output.metrics["parity_top1_delta"] == output.metrics["parity_top5_delta"] == 0.0
-    assert (reference_entry / "result.json").stat().st_mtime_ns == stamp
 
 
 @pytest.mark.slow
@@ -130,7 +131,7 @@ def test_tolerances_are_configurable_and_checked() -> None:
     cfg = run_config("parity.tolerance.fp16.max_abs_diff=0.5", "chip.precision=fp16")
     assert cfg.parity.tolerance.fp16.max_abs_diff == 0.5
     assert cfg.parity.tolerance.fp32.max_abs_diff < cfg.parity.tolerance.fp16.max_abs_diff
-    assert parity.key_config(cfg)["tolerance"]["max_abs_diff"] == 0.5
+    assert parity.Settings.from_config(cfg).tolerance.max_abs_diff == 0.5
     with pytest.raises(ConfigError, match=r"parity\.tolerance\.fp32\.min_top1_agreement=2\.0"):
         run_config("parity.tolerance.fp32.min_top1_agreement=2")
     with pytest.raises(ConfigError, match=r"parity\.tolerance\.fp16\.max_abs_diff=-1\.0 must"):

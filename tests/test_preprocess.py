@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runner import artifacts
+from runner.artifacts import PreprocessedDataset, chunk_file
 from runner.data.transforms import load_cropped
 from runner.stages import preprocess
-from runner.stages.preprocess import PreprocessedDataset, chunk_file
 from tests.conftest import run_config
 
 
@@ -23,12 +24,12 @@ def _cfg(root: Path, *overrides: str):
 def test_parallel_chunks_equal_single_process_crops(generated_images: Path,
                                                     tmp_path: Path) -> None:
     cfg = _cfg(generated_images, "model=inceptionv4")
-    output = preprocess.run(cfg, {}, tmp_path)
+    output = preprocess.run(preprocess.Settings.from_config(cfg), {}, tmp_path)
     data = PreprocessedDataset(tmp_path)
     paths = sorted((generated_images / "val").iterdir())
     assert data.names == [p.name for p in paths] and len(data) == 20
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        chunk_file(0), chunk_file(1), chunk_file(2), preprocess.MANIFEST]  # 7 + 7 + 6
+        chunk_file(0), chunk_file(1), chunk_file(2), artifacts.MANIFEST]  # 7 + 7 + 6
     expected = np.stack([load_cropped(p, cfg.model.preprocess) for p in paths])
     np.testing.assert_array_equal(data.pixels(0, 20), expected)
     assert output.info == {"resumed_chunks": 0, "computed_chunks": 3, "workers": 2}
@@ -39,8 +40,8 @@ def test_a_cached_image_is_a_quarter_of_the_guides_float32_file(generated_images
     for model, bin_bytes in (("inceptionv4", 1072812), ("alexnet", 602112)):
         out = tmp_path / model
         out.mkdir()
-        preprocess.run(_cfg(generated_images, f"model={model}", "preprocess.chunk_size=256"),
-                       {}, out)
+        cfg = _cfg(generated_images, f"model={model}", "preprocess.chunk_size=256")
+        preprocess.run(preprocess.Settings.from_config(cfg), {}, out)
         (chunk,) = out.glob("chunk_*.npy")
         pixels = np.load(chunk, mmap_mode="r")
         assert pixels.dtype == np.uint8 and pixels[0].nbytes * 4 == bin_bytes
@@ -51,16 +52,16 @@ def test_a_cached_image_is_a_quarter_of_the_guides_float32_file(generated_images
 def test_resume_keeps_finished_chunks_and_redoes_a_half_filled_one(generated_images: Path,
                                                                    tmp_path: Path) -> None:
     cfg = _cfg(generated_images, "model=alexnet")
-    preprocess.run(cfg, {}, tmp_path)
+    preprocess.run(preprocess.Settings.from_config(cfg), {}, tmp_path)
     reference = PreprocessedDataset(tmp_path).pixels(0, 20).copy()
     # a killed run: chunk 1 never renamed (its .filling file half written), manifest not yet written
     os.replace(tmp_path / chunk_file(1), tmp_path / f".{chunk_file(1)}.filling")
     with open(tmp_path / f".{chunk_file(1)}.filling", "r+b") as stream:
         stream.seek(-1000, os.SEEK_END)
         stream.write(b"\xff" * 1000)
-    (tmp_path / preprocess.MANIFEST).unlink()
+    (tmp_path / artifacts.MANIFEST).unlink()
     kept = (tmp_path / chunk_file(0)).stat().st_mtime_ns
-    output = preprocess.run(cfg, {}, tmp_path)
+    output = preprocess.run(preprocess.Settings.from_config(cfg), {}, tmp_path)
     assert output.info["resumed_chunks"] == 2 and output.info["computed_chunks"] == 1
     assert (tmp_path / chunk_file(0)).stat().st_mtime_ns == kept
     assert not list(tmp_path.glob(".*.filling"))
@@ -79,6 +80,6 @@ def test_an_unreadable_image_fails_and_leaves_no_finished_chunk(generated_images
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(Exception, match=names[9]):  # PIL says which file
-        preprocess.run(_cfg(root, "model=alexnet"), {}, out)
+        preprocess.run(preprocess.Settings.from_config(_cfg(root, "model=alexnet")), {}, out)
     assert not (out / chunk_file(1)).exists()
-    assert not (out / preprocess.MANIFEST).exists()
+    assert not (out / artifacts.MANIFEST).exists()

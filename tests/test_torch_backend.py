@@ -11,12 +11,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from runner.backends import ConversionError
+from runner.backends import ConversionError, SessionSettings
 from runner.backends import onnxruntime as ort_backend
 from runner.backends import torch as torch_backend
+from runner.config import RunConfig
 from runner.errors import ConfigError, ToolMissingError
 from runner.models import build
-from runner.stages.export import export_onnx
+from runner.stages.export import export_onnx, onnx_spec
 from tests import reference
 from tests.conftest import Workspace, run_config
 
@@ -29,8 +30,10 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     cfg = run_config("chip=torch_cpu", "model.weights=random")
     out = tmp_path_factory.mktemp("torch")
     with torch.no_grad():
-        export_onnx(build.build(cfg.model, None, seed=0), cfg, out / "model.onnx")
-    model_path, facts = torch_backend.convert(out / "model.onnx", out, cfg)
+        net = build.build(cfg.model.arch, cfg.model.arch_kwargs, None, seed=0)
+        export_onnx(net, onnx_spec(cfg), out / "model.onnx")
+    model_path, facts = torch_backend.convert(out / "model.onnx", out,
+                                              torch_backend.convert_settings(cfg))
     assert facts["probe_max_abs_difference_vs_onnx"] <= 1e-4
     return out / "model.onnx", model_path
 
@@ -42,10 +45,15 @@ def batch_and_reference(converted: tuple[Path, Path]) -> tuple[np.ndarray, np.nd
     return batch, session.run(None, {"actual_input_1": batch})[0]
 
 
+def _ort_check(cfg: RunConfig) -> None:
+    ort_backend.check(SessionSettings.from_config(cfg), tuple(cfg.chip.devices))
+
+
 @pytest.mark.parametrize("overrides", [(), ("chip.channels_last=true",), ("chip.threads=1",)])
 def test_fp32_matches_the_onnx_model(converted, batch_and_reference, overrides) -> None:
-    chip = run_config("chip=torch_cpu", *overrides).chip
-    session = torch_backend.open_session(converted[1], chip, 0)
+    cfg = run_config("chip=torch_cpu", *overrides)
+    chip = cfg.chip
+    session = torch_backend.open_session(converted[1], SessionSettings.from_config(cfg), 0)
     batch, expected = batch_and_reference
     got = session.run(batch)
     assert got.dtype == np.float32 and got.shape == (4, 1000)
@@ -58,8 +66,8 @@ def test_fp32_matches_the_onnx_model(converted, batch_and_reference, overrides) 
 
 
 def test_fp16_is_close_to_fp32_and_says_so(converted, batch_and_reference) -> None:
-    chip = run_config("chip=torch_cpu", "chip.precision=fp16", "chip.channels_last=true").chip
-    session = torch_backend.open_session(converted[1], chip, 0)
+    cfg = run_config("chip=torch_cpu", "chip.precision=fp16", "chip.channels_last=true")
+    session = torch_backend.open_session(converted[1], SessionSettings.from_config(cfg), 0)
     batch, expected = batch_and_reference
     got = session.run(batch)
     scale = np.abs(expected).max()
@@ -71,32 +79,32 @@ def test_fp16_is_close_to_fp32_and_says_so(converted, batch_and_reference) -> No
 def test_convert_refuses_weights_other_than_the_onnx_files(converted, tmp_path: Path) -> None:
     cfg = run_config("chip=torch_cpu", "model.weights=random", "seed=1")  # the ONNX is seed 0
     with pytest.raises(ConversionError, match=r"does not compute what .*model.onnx computes"):
-        torch_backend.convert(converted[0], tmp_path, cfg)
+        torch_backend.convert(converted[0], tmp_path, torch_backend.convert_settings(cfg))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
 def test_cuda_without_a_gpu_is_refused_before_converting() -> None:
     cfg = run_config("chip=cuda", "model.weights=random")
     with pytest.raises(ToolMissingError, match=r"sees no CUDA device: .*chip=torch_cpu"):
-        torch_backend.convert_key(cfg)
+        torch_backend.check(SessionSettings.from_config(cfg), (0,))
 
 
 def test_onnxruntime_refuses_what_it_would_ignore() -> None:
     with pytest.raises(ConfigError, match=r"chip.precision=fp16 is not supported by runtime "
                                           r"onnxruntime"):
-        ort_backend.convert_key(run_config("chip=cpu", "chip.precision=fp16"))
+        _ort_check(run_config("chip=cpu", "chip.precision=fp16"))
     with pytest.raises(ConfigError, match=r"chip.channels_last=true is not supported"):
-        ort_backend.convert_key(run_config("chip=cpu", "chip.channels_last=true"))
+        _ort_check(run_config("chip=cpu", "chip.channels_last=true"))
     with pytest.raises(ConfigError, match=r"chip.device_type=cuda does not match"):
-        ort_backend.convert_key(
-            run_config("chip=cuda_ort", "chip.providers=[CPUExecutionProvider]"))
+        _ort_check(run_config("chip=cuda_ort", "chip.providers=[CPUExecutionProvider]"))
 
 
 @needs_cuda
 @pytest.mark.parametrize("overrides", [(), ("chip.precision=fp16", "chip.channels_last=true")])
 def test_cuda_matches_the_onnx_model(converted, batch_and_reference, overrides) -> None:
-    chip = run_config("chip=cuda", *overrides).chip
-    session = torch_backend.open_session(converted[1], chip, 0)
+    cfg = run_config("chip=cuda", *overrides)
+    chip = cfg.chip
+    session = torch_backend.open_session(converted[1], SessionSettings.from_config(cfg), 0)
     batch, expected = batch_and_reference
     tolerance = 1e-2 * np.abs(expected).max() if chip.precision == "fp16" else 1e-3
     assert np.abs(session.run(batch) - expected).max() <= tolerance

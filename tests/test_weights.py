@@ -45,11 +45,11 @@ def test_download_verifies_md5_and_caches(server: tuple[str, Path], tmp_path: Pa
     md5 = _checkpoint(served / "tiny-0123abcd.pth")
     src = weights.source(_model_cfg(f"{url}/tiny-0123abcd.pth", f"md5:{md5}"))
     assert weights.identity(src, seed=0) == f"md5:{md5}"  # known without downloading
-    path = weights.fetch(src, tmp_path / "cache")
-    assert path == tmp_path / "cache" / "weights" / "tiny-0123abcd.pth"
+    path = weights.fetch(src, tmp_path / "weights")
+    assert path == tmp_path / "weights" / "tiny-0123abcd.pth"
     assert hashlib.md5(path.read_bytes()).hexdigest() == md5
     (served / "tiny-0123abcd.pth").unlink()  # a second fetch uses the cached copy
-    assert weights.fetch(src, tmp_path / "cache") == path
+    assert weights.fetch(src, tmp_path / "weights") == path
 
 
 def test_md5_mismatch_is_refused_and_nothing_kept(server: tuple[str, Path],
@@ -58,8 +58,8 @@ def test_md5_mismatch_is_refused_and_nothing_kept(server: tuple[str, Path],
     _checkpoint(served / "bad.pth")
     src = weights.source(_model_cfg(f"{url}/bad.pth", "md5:" + "0" * 32))
     with pytest.raises(WeightsError, match=r"has md5 .* expected 0000"):
-        weights.fetch(src, tmp_path / "cache")
-    assert list((tmp_path / "cache" / "weights").iterdir()) == []
+        weights.fetch(src, tmp_path / "weights")
+    assert list((tmp_path / "weights").iterdir()) == []
 
 
 def test_unreachable_url_tells_to_pass_a_local_path(tmp_path: Path) -> None:
@@ -80,9 +80,9 @@ def test_local_path_and_missing_path(tmp_path: Path) -> None:
 
 def test_random_weights_are_seeded() -> None:
     cfg = ModelConfig(name="alexnet", arch="torchvision.models.alexnet")
-    first = build.build(cfg, None, seed=5).state_dict()
-    second = build.build(cfg, None, seed=5).state_dict()
-    other = build.build(cfg, None, seed=6).state_dict()
+    first = build.build(cfg.arch, cfg.arch_kwargs, None, seed=5).state_dict()
+    second = build.build(cfg.arch, cfg.arch_kwargs, None, seed=5).state_dict()
+    other = build.build(cfg.arch, cfg.arch_kwargs, None, seed=6).state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not torch.equal(first["features.0.weight"], other["features.0.weight"])
 
@@ -91,4 +91,4 @@ def test_checkpoint_with_wrong_keys_lists_them(tmp_path: Path) -> None:
     torch.save({"bogus.weight": torch.zeros(1)}, tmp_path / "w.pth")
     cfg = ModelConfig(name="alexnet", arch="torchvision.models.alexnet")
     with pytest.raises(WeightsError, match=r"16 missing keys \(features.0.weight.*1 unexpected"):
-        build.build(cfg, tmp_path / "w.pth", seed=0)
+        build.build(cfg.arch, cfg.arch_kwargs, tmp_path / "w.pth", seed=0)

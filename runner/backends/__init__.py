@@ -4,26 +4,52 @@ chip and to open a session that runs batches. Stages pick the module named by `c
   onnxruntime  ONNX Runtime, CPU or CUDA provider (chip=cpu, chip=cuda_ort)
   torch        PyTorch eager on CPU or CUDA, fp32/fp16, channels_last (chip=torch_cpu, chip=cuda)
   ais_bench    Ascend NPUs: atc converts to an OM model, ais_bench's InferSession runs it
+
+Every backend module is a `Backend`: it sees its own settings objects, never the whole config.
+Adding a runtime = one module here satisfying `Backend` + one `conf/chip/<name>.yaml`.
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
-from runner.config import ChipConfig
+from runner.cache import source_digest
+from runner.config import BUILTIN_ARCH_PREFIXES, RunConfig, allowed_arch_prefixes
 from runner.errors import RunnerError
-
-if TYPE_CHECKING:
-    from runner.config import RunConfig
+from runner.settings import runtime_only
 
 
 class ConversionError(RunnerError):
     """The chip's model could not be made from the ONNX file (atc failed, a mismatch)."""
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """What opening a session on one device reads: the chip's runtime settings."""
+
+    runtime: str
+    device_type: str  # cpu | cuda | npu
+    providers: tuple[str, ...]  # ONNX Runtime execution providers
+    precision: str
+    threads: int  # intra-op threads per device; 0 lets the runtime decide
+    channels_last: bool
+    dynamic_batch_sizes: tuple[int, ...]  # Ascend dynamic-batch OM gears
+    # a torch session rebuilds model.arch: the packages it may import from
+    allowed_prefixes: tuple[str, ...] = runtime_only(BUILTIN_ARCH_PREFIXES)
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> SessionSettings:
+        chip = cfg.chip
+        return cls(runtime=chip.runtime, device_type=chip.device_type,
+                   providers=tuple(chip.providers), precision=chip.precision,
+                   threads=chip.threads, channels_last=chip.channels_last,
+                   dynamic_batch_sizes=tuple(chip.dynamic_batch_sizes),
+                   allowed_prefixes=allowed_arch_prefixes(cfg.security.extra_arch_prefixes))
 
 
 class Session(Protocol):
@@ -43,15 +69,38 @@ class Session(Protocol):
         ...
 
 
+@runtime_checkable
 class Backend(Protocol):
-    def convert(self, onnx_path: Path, out_dir: Path, cfg: RunConfig) -> Path: ...
+    """What a runtime module provides (checked for every module by tests/test_backends.py)."""
 
-    def open_session(self, model_path: Path, chip: ChipConfig, device: int) -> Session: ...
+    def convert_settings(self, cfg: RunConfig) -> Any:
+        """A frozen dataclass: everything `convert` reads (the convert stage's key)."""
+        ...
 
-    def convert_key(self, cfg: RunConfig) -> dict[str, Any]:
-        """The settings the converted model depends on (part of the convert cache key)."""
+    def check(self, session: SessionSettings, devices: tuple[int, ...]) -> None:
+        """Refuse, without doing work, what this runtime cannot do (a precision it would
+        ignore, a missing runtime or device)."""
+        ...
+
+    def convert(self, onnx_path: Path, out_dir: Path, settings: Any,
+                ) -> tuple[Path, dict[str, Any]]:
+        """The chip's model made from the ONNX file, in out_dir; its path and facts."""
+        ...
+
+    def open_session(self, model_path: Path, settings: SessionSettings, device: int) -> Session:
         ...
 
 
-def backend_for(chip: ChipConfig) -> ModuleType:
-    return importlib.import_module(f"runner.backends.{chip.runtime}")
+RUNTIME_MODULES = {"onnxruntime": "runner.backends.onnxruntime",
+                   "torch": "runner.backends.torch",
+                   "ais_bench": "runner.backends.ais_bench"}
+
+
+def backend_for(runtime: str) -> Backend:
+    return cast(Backend, importlib.import_module(RUNTIME_MODULES[runtime]))
+
+
+def backend_code(runtime: str) -> str:
+    """Digest of the runtime's module (read, not imported): part of the keys of the stages that
+    run it."""
+    return source_digest(RUNTIME_MODULES[runtime])

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runner.backends import ascend
+from runner.backends import SessionSettings, ascend
 from runner.cache import source_digest
-from runner.config import ChipConfig, RunConfig
+from runner.config import RunConfig
 from runner.errors import ConfigError, ToolMissingError
 
 WHEELS_HINT = (
@@ -28,31 +29,37 @@ WHEELS_HINT = (
 )
 
 
-def convert_key(cfg: RunConfig) -> dict[str, Any]:
-    """The OM model is a function of the ONNX file (an input of the stage), these arguments
+@dataclass(frozen=True)
+class ConvertSettings:
+    """The OM model is a function of the ONNX file (an input of the stage), atc's arguments
     (bs or the dynamic batch sizes, soc_version, atc options) and the CANN release."""
-    if cfg.chip.channels_last:
-        raise ConfigError("chip.channels_last=true does not apply to an OM model (atc picks "
-                          "the layout): remove it")
-    size = cfg.model.input_size
-    soc_version = ascend.resolve_soc_version(cfg.chip)
-    return {
-        "runtime": "ais_bench",
-        "atc_arguments": ascend.atc_arguments(cfg.model.input_name, cfg.bs, size, size,
-                                              cfg.chip, soc_version),
-        "cann": ascend.cann_version(),
-        "ascend_code": source_digest(ascend.__name__),
-    }
+
+    atc_arguments: tuple[str, ...]  # everything atc is told except the paths
+    soc_version: str
+    cann: str
+    ascend_code: str
 
 
-def convert(onnx_path: Path, out_dir: Path, cfg: RunConfig) -> tuple[Path, dict[str, Any]]:
+def convert_settings(cfg: RunConfig) -> ConvertSettings:
     size = cfg.model.input_size
     soc_version = ascend.resolve_soc_version(cfg.chip)
     arguments = ascend.atc_arguments(cfg.model.input_name, cfg.bs, size, size, cfg.chip,
                                      soc_version)
-    om_path, command = ascend.run_atc(onnx_path, out_dir, arguments)
-    return om_path, {"atc_command": command, "soc_version": soc_version,
-                     "cann": ascend.cann_version(), "log": "atc.log"}
+    return ConvertSettings(tuple(arguments), soc_version, ascend.cann_version(),
+                           source_digest(ascend.__name__))
+
+
+def check(session: SessionSettings, devices: tuple[int, ...]) -> None:
+    if session.channels_last:
+        raise ConfigError("chip.channels_last=true does not apply to an OM model (atc picks "
+                          "the layout): remove it")
+
+
+def convert(onnx_path: Path, out_dir: Path, settings: ConvertSettings,
+            ) -> tuple[Path, dict[str, Any]]:
+    om_path, command = ascend.run_atc(onnx_path, out_dir, list(settings.atc_arguments))
+    return om_path, {"atc_command": command, "soc_version": settings.soc_version,
+                     "cann": settings.cann, "log": "atc.log"}
 
 
 def infer_session_class() -> type:
@@ -94,19 +101,19 @@ def exec_ms(entry: Any) -> float:
 
 
 class AisBenchSession:
-    def __init__(self, model_path: Path, chip: ChipConfig, device: int) -> None:
+    def __init__(self, model_path: Path, settings: SessionSettings, device: int) -> None:
         infer_session = infer_session_class()
         self._session = infer_session(device, str(model_path))
         self._device = device
         (model_input,) = self._session.get_inputs()
         self._input_shape = [int(d) for d in model_input.shape]
         dynamic = self._input_shape[0] < 0
-        if dynamic and not chip.dynamic_batch_sizes:
+        if dynamic and not settings.dynamic_batch_sizes:
             raise ConfigError(
                 f"{model_path} is a dynamic-batch OM model but chip.dynamic_batch_sizes is empty"
             )
         self._mode = "dymbatch" if dynamic else "static"
-        self._sizes = sorted(chip.dynamic_batch_sizes) if dynamic else [self._input_shape[0]]
+        self._sizes = sorted(settings.dynamic_batch_sizes) if dynamic else [self._input_shape[0]]
         # ais_bench renamed sumary() to summary() in 2024 (and made the times pairs)
         self._api = "summary" if hasattr(self._session, "summary") else "sumary"
 
@@ -141,5 +148,5 @@ class AisBenchSession:
         }
 
 
-def open_session(model_path: Path, chip: ChipConfig, device: int) -> AisBenchSession:
-    return AisBenchSession(model_path, chip, device)
+def open_session(model_path: Path, settings: SessionSettings, device: int) -> AisBenchSession:
+    return AisBenchSession(model_path, settings, device)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 from runner.backends import ConversionError
 from runner.config import ChipConfig
 from runner.errors import ConfigError, ToolMissingError
+from runner.tools import run_tool, tool_output
 
 SET_ENV_HINT = "source /usr/local/Ascend/ascend-toolkit/set_env.sh (or your CANN install's)"
 ATC_SUCCESS = "ATC run success"
@@ -92,16 +92,8 @@ def parse_npu_smi(text: str) -> NpuInfo:
 @cache
 def npu_smi_info() -> NpuInfo | None:
     """`npu-smi info`, parsed; None where npu-smi is not installed or fails."""
-    tool = shutil.which("npu-smi")
-    if tool is None:
-        return None
-    try:
-        result = subprocess.run([tool, "info"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if result.returncode != 0:
-        return None
-    return parse_npu_smi(result.stdout)
+    output = tool_output(["npu-smi", "info"])
+    return None if output is None else parse_npu_smi(output)
 
 
 def resolve_soc_version(chip: ChipConfig) -> str:
@@ -161,7 +153,9 @@ def run_atc(onnx_path: Path, out_dir: Path, arguments: list[str]) -> tuple[Path,
     stem = out_dir / "model"
     command = ["atc", f"--model={onnx_path}", arguments[0], f"--output={stem}", *arguments[1:]]
     # atc writes kernel_meta/ and fusion_result.json into its working directory
-    result = subprocess.run(command, cwd=out_dir, capture_output=True, text=True)
+    result = run_tool(command, timeout_s=None, cwd=out_dir)
+    if result is None:
+        raise ToolMissingError(f"atc could not be started: {SET_ENV_HINT}")
     log = out_dir / "atc.log"
     log.write_text(f"$ {' '.join(command)}\n{result.stdout}{result.stderr}")
     if result.returncode != 0 or ATC_SUCCESS not in result.stdout:

@@ -2,92 +2,119 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
 
-from runner.config import ChipConfig, RunConfig
+from runner import environment
+from runner.backends import SessionSettings
+from runner.config import RunConfig
 from runner.errors import ConfigError, ToolMissingError
+from runner.settings import runtime_only
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 OPTIMIZED_MODEL = "model.ort.onnx"
 
 
-def _options(chip: ChipConfig) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if chip.threads:
-        options.intra_op_num_threads = chip.threads
-    options.log_severity_level = 3
-    return options
+@dataclass(frozen=True)
+class ConvertSettings:
+    """The optimized graph depends on the providers and the ONNX Runtime release, not on bs
+    (the dynamic batch axis is kept)."""
+
+    providers: tuple[str, ...]
+    onnxruntime: str
+    device: int = runtime_only(0)  # the provider's device while optimizing
+    threads: int = runtime_only(0)
 
 
-def check_chip(chip: ChipConfig) -> None:
+def convert_settings(cfg: RunConfig) -> ConvertSettings:
+    return ConvertSettings(tuple(cfg.chip.providers), _ort_version(), cfg.chip.devices[0],
+                           cfg.chip.threads)
+
+
+def _ort_version() -> str:
+    versions = environment.library_versions()
+    return versions.get("onnxruntime-gpu") or versions.get("onnxruntime") or "unknown"
+
+
+def check(session: SessionSettings, devices: tuple[int, ...]) -> None:
     """Settings this runtime would silently ignore are refused: the run must be what it says."""
-    if chip.precision != "fp32":
+    if session.precision != "fp32":
         raise ConfigError(
-            f"chip.precision={chip.precision} is not supported by runtime onnxruntime (it runs "
-            "the fp32 ONNX as exported): use chip.precision=fp32, or chip=cuda / chip=torch_cpu "
-            "(PyTorch) for fp16"
+            f"chip.precision={session.precision} is not supported by runtime onnxruntime (it "
+            "runs the fp32 ONNX as exported): use chip.precision=fp32, or chip=cuda / "
+            "chip=torch_cpu (PyTorch) for fp16"
         )
-    if chip.channels_last:
+    if session.channels_last:
         raise ConfigError(
             "chip.channels_last=true is not supported by runtime onnxruntime (it picks layouts "
             "itself): remove it, or use chip=cuda / chip=torch_cpu (PyTorch)"
         )
-    on_cuda = any(p != "CPUExecutionProvider" for p in chip.providers)
-    if (chip.device_type == "cuda") != on_cuda:
+    on_cuda = any(p != "CPUExecutionProvider" for p in session.providers)
+    if (session.device_type == "cuda") != on_cuda:
         raise ConfigError(
-            f"chip.device_type={chip.device_type} does not match chip.providers="
-            f"{chip.providers}: cuda needs a GPU provider (CUDAExecutionProvider), cpu only "
-            "CPUExecutionProvider"
+            f"chip.device_type={session.device_type} does not match chip.providers="
+            f"{list(session.providers)}: cuda needs a GPU provider (CUDAExecutionProvider), cpu "
+            "only CPUExecutionProvider"
         )
 
 
-def _providers(chip: ChipConfig, device: int) -> list[Any]:
+def _options(threads: int) -> ort.SessionOptions:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return options
+
+
+def _providers(providers: tuple[str, ...], device: int) -> list[Any]:
+    import onnxruntime as ort
+
     available = ort.get_available_providers()
-    missing = [p for p in chip.providers if p not in available]
+    missing = [p for p in providers if p not in available]
     if missing:
         raise ToolMissingError(
             f"ONNX Runtime provider(s) {', '.join(missing)} not available (have "
             f"{', '.join(available)}): for CUDA install onnxruntime-gpu, or use chip=cpu"
         )
-    return [
-        (p, {"device_id": device}) if p != "CPUExecutionProvider" else p for p in chip.providers
-    ]
+    return [(p, {"device_id": device}) if p != "CPUExecutionProvider" else p for p in providers]
 
 
-def convert_key(cfg: RunConfig) -> dict[str, Any]:
-    # the optimized graph is batch-size independent (dynamic batch axis is kept)
-    chip = cfg.chip
-    check_chip(chip)
-    return {"runtime": "onnxruntime", "ort": ort.__version__, "providers": chip.providers,
-            "precision": chip.precision}
-
-
-def convert(onnx_path: Path, out_dir: Path, cfg: RunConfig) -> tuple[Path, dict[str, Any]]:
+def convert(onnx_path: Path, out_dir: Path, settings: ConvertSettings,
+            ) -> tuple[Path, dict[str, Any]]:
     """Save ONNX Runtime's offline-optimized graph (constant folding, node fusions).
 
     ORT_ENABLE_EXTENDED, not ALL: layout optimizations of the ALL level are specific to the
     machine and ONNX Runtime warns against saving them; they are applied again when loading.
     """
-    chip = cfg.chip
+    import onnxruntime as ort
+
     target = out_dir / OPTIMIZED_MODEL
-    options = _options(chip)
+    options = _options(settings.threads)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(target)
-    ort.InferenceSession(str(onnx_path), options, providers=_providers(chip, chip.devices[0]))
+    ort.InferenceSession(str(onnx_path), options,
+                         providers=_providers(settings.providers, settings.device))
     return target, {"onnxruntime": ort.__version__, "optimization": "ORT_ENABLE_EXTENDED"}
 
 
 class OrtSession:
-    def __init__(self, model_path: Path, chip: ChipConfig, device: int) -> None:
-        check_chip(chip)
+    def __init__(self, model_path: Path, settings: SessionSettings, device: int) -> None:
+        import onnxruntime as ort
+
+        check(settings, (device,))
         self._session = ort.InferenceSession(
-            str(model_path), _options(chip), providers=_providers(chip, device)
+            str(model_path), _options(settings.threads),
+            providers=_providers(settings.providers, device)
         )
-        requested = [p for p in chip.providers if p != "CPUExecutionProvider"]
+        requested = [p for p in settings.providers if p != "CPUExecutionProvider"]
         if requested and requested[0] not in self._session.get_providers():
             # ONNX Runtime falls back to the CPU when a GPU provider fails to load
             raise ToolMissingError(
@@ -97,7 +124,7 @@ class OrtSession:
             )
         self._input = self._session.get_inputs()[0].name
         self._device = device
-        self._chip = chip
+        self._version = ort.__version__
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self._input: batch})[0]
@@ -105,7 +132,7 @@ class OrtSession:
     def describe(self) -> dict[str, Any]:
         options = self._session.get_session_options()
         return {
-            "runtime": f"onnxruntime {ort.__version__}",
+            "runtime": f"onnxruntime {self._version}",
             "providers": self._session.get_providers(),
             "device": self._device,
             "intra_op_threads": options.intra_op_num_threads or "runtime default",
@@ -116,5 +143,5 @@ class OrtSession:
         return []  # ONNX Runtime keeps no per-call times unless profiling is on
 
 
-def open_session(model_path: Path, chip: ChipConfig, device: int) -> OrtSession:
-    return OrtSession(model_path, chip, device)
+def open_session(model_path: Path, settings: SessionSettings, device: int) -> OrtSession:
+    return OrtSession(model_path, settings, device)

@@ -8,18 +8,20 @@ name with the state dict: a session rebuilds the module from that file alone.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
-import torch
 
 from runner import environment
-from runner.backends import ConversionError
-from runner.config import ChipConfig, RunConfig
+from runner.backends import ConversionError, SessionSettings
+from runner.config import RunConfig
 from runner.errors import ConfigError, ToolMissingError
-from runner.models import build, weights
+from runner.models.spec import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
 
 MODEL_FILE = "model.pt"
 PROBE_BATCH = 2
@@ -27,10 +29,28 @@ PROBE_BATCH = 2
 PROBE_TOLERANCE = 1e-3
 
 
-def check_chip(chip: ChipConfig) -> None:
+@dataclass(frozen=True)
+class ConvertSettings:
+    """The saved module depends on the model spec alone (not on bs or the device)."""
+
+    model: ModelSpec
+    input_size: int  # of the probe batch compared with the ONNX file
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> ConvertSettings:
+        return cls(ModelSpec.from_config(cfg), cfg.model.input_size)
+
+
+def convert_settings(cfg: RunConfig) -> ConvertSettings:
+    return ConvertSettings.from_config(cfg)
+
+
+def check(session: SessionSettings, devices: tuple[int, ...]) -> None:
     """Refuse a device this torch cannot use before any work is done for it."""
-    if chip.device_type != "cuda":
+    if session.device_type != "cuda":
         return
+    import torch
+
     if not torch.cuda.is_available():
         built_for = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA (CPU build)"
         raise ToolMissingError(
@@ -39,23 +59,20 @@ def check_chip(chip: ChipConfig) -> None:
             "chip=torch_cpu"
         )
     count = torch.cuda.device_count()
-    if max(chip.devices) >= count:
+    if max(devices) >= count:
         raise ConfigError(
-            f"chip.devices={chip.devices}: torch sees {count} CUDA device(s), ids 0..{count - 1}"
+            f"chip.devices={list(devices)}: torch sees {count} CUDA device(s), ids "
+            f"0..{count - 1}"
         )
 
 
-def convert_key(cfg: RunConfig) -> dict[str, Any]:
-    check_chip(cfg.chip)
-    model = cfg.model
-    return {"runtime": "torch", "torch": torch.__version__, "arch": model.arch,
-            "arch_kwargs": model.arch_kwargs,
-            "weights": weights.identity(weights.source(model), cfg.seed)}
+def _check_against_onnx(net: torch.nn.Module, onnx_path: Path, settings: ConvertSettings,
+                        ) -> float:
+    import onnxruntime as ort
+    import torch
 
-
-def _check_against_onnx(net: torch.nn.Module, onnx_path: Path, cfg: RunConfig) -> float:
-    size = cfg.model.input_size
-    probe = np.random.default_rng(cfg.seed).standard_normal(
+    size = settings.input_size
+    probe = np.random.default_rng(settings.model.seed).standard_normal(
         (PROBE_BATCH, 3, size, size), dtype=np.float32)
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -66,7 +83,8 @@ def _check_against_onnx(net: torch.nn.Module, onnx_path: Path, cfg: RunConfig) -
     difference = float(np.abs(got - expected).max())
     if not difference <= PROBE_TOLERANCE * (1.0 + float(np.abs(expected).max())):
         raise ConversionError(
-            f"the PyTorch model rebuilt from model.arch={cfg.model.arch} and model.weights does "
+            f"the PyTorch model rebuilt from model.arch={settings.model.arch} and model.weights "
+            "does "
             f"not compute what {onnx_path} computes (max |difference| {difference:.3g} on a "
             "probe batch): the export entry was made from other weights; rerun with "
             "cache.force=[export,convert]"
@@ -74,24 +92,31 @@ def _check_against_onnx(net: torch.nn.Module, onnx_path: Path, cfg: RunConfig) -
     return difference
 
 
-def convert(onnx_path: Path, out_dir: Path, cfg: RunConfig) -> tuple[Path, dict[str, Any]]:
-    check_chip(cfg.chip)
-    src = weights.source(cfg.model)
-    net = build.build(cfg.model, weights.fetch(src, cfg.cache_dir), cfg.seed)
-    difference = _check_against_onnx(net, onnx_path, cfg)
+def convert(onnx_path: Path, out_dir: Path, settings: ConvertSettings,
+            ) -> tuple[Path, dict[str, Any]]:
+    import torch
+
+    spec = settings.model
+    net = spec.build()
+    difference = _check_against_onnx(net, onnx_path, settings)
     target = out_dir / MODEL_FILE
-    torch.save({"arch": cfg.model.arch, "arch_kwargs": dict(cfg.model.arch_kwargs),
+    torch.save({"arch": spec.arch, "arch_kwargs": dict(spec.arch_kwargs),
                 "state_dict": net.state_dict()}, target)
-    return target, {"torch": torch.__version__, "arch": cfg.model.arch,
+    return target, {"torch": torch.__version__, "arch": spec.arch,
                     "probe_max_abs_difference_vs_onnx": difference}
 
 
 class TorchSession:
-    def __init__(self, model_path: Path, chip: ChipConfig, device: int) -> None:
-        check_chip(chip)
+    def __init__(self, model_path: Path, settings: SessionSettings, device: int) -> None:
+        import torch
+
+        from runner.models import build
+
+        check(settings, (device,))
         saved = torch.load(model_path, map_location="cpu", weights_only=True)
-        net = build.resolve_arch(saved["arch"])(**saved["arch_kwargs"])
+        net = build.resolve_arch(saved["arch"], settings.allowed_prefixes)(**saved["arch_kwargs"])
         net.load_state_dict(saved["state_dict"])
+        chip = settings
         if chip.device_type == "cuda":
             self._device = torch.device("cuda", device)
             torch.backends.cudnn.benchmark = True  # kernels picked during the warm-up
@@ -107,8 +132,10 @@ class TorchSession:
         self._net = net.eval().to(device=self._device, dtype=self._dtype,
                                   memory_format=self._layout)
         self._chip = chip
+        self._torch = torch
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
         with torch.inference_mode():
             inputs = torch.from_numpy(batch).to(self._device, self._dtype)
             logits = self._net(inputs.contiguous(memory_format=self._layout))
@@ -118,6 +145,7 @@ class TorchSession:
         return []
 
     def describe(self) -> dict[str, Any]:
+        torch = self._torch
         on_cuda = self._device.type == "cuda"
         return {
             "runtime": f"torch {torch.__version__}",
@@ -133,5 +161,5 @@ class TorchSession:
         }
 
 
-def open_session(model_path: Path, chip: ChipConfig, device: int) -> TorchSession:
-    return TorchSession(model_path, chip, device)
+def open_session(model_path: Path, settings: SessionSettings, device: int) -> TorchSession:
+    return TorchSession(model_path, settings, device)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from runner.cache import digest_file, digest_json
-from runner.config import DatasetConfig, ModelConfig
+from runner.config import DatasetConfig, ModelConfig, RunConfig, SyntheticConfig
+from runner.data import synthetic
 from runner.errors import DatasetError
+from runner.settings import runtime_only
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp")
 
@@ -122,15 +127,20 @@ def list_samples(cfg: DatasetConfig, model: ModelConfig | None = None) -> list[S
 
     With `model`, labels are checked against its classes (label + class_offset < num_classes).
     """
-    root = dataset_root(cfg)
-    image_dir = root / cfg.images
+    num_classes = None if model is None else model.num_classes - model.class_offset
+    return _list_samples(dataset_root(cfg), cfg.images, cfg.labels, num_classes,
+                         cfg.on_mismatch, cfg.limit)
+
+
+def _list_samples(root: Path, images: str, labels_name: str, num_classes: int | None,
+                  on_mismatch: str, limit: int | None) -> list[Sample]:
+    image_dir = root / images
     if not image_dir.is_dir():
         raise DatasetError(
             f"image folder {image_dir} does not exist: check dataset.root={root} (the folder "
-            f"holding {cfg.images}/ and {cfg.labels}) and dataset.images"
+            f"holding {images}/ and {labels_name}) and dataset.images"
         )
-    num_classes = None if model is None else model.num_classes - model.class_offset
-    labels = read_labels(root / cfg.labels, num_classes)
+    labels = read_labels(root / labels_name, num_classes)
     try:
         names = sorted(
             (p.name for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
@@ -153,17 +163,17 @@ def list_samples(cfg: DatasetConfig, model: ModelConfig | None = None) -> list[S
                             f"{_examples(unlabelled)})")
         if missing:
             problems.append(f"{len(missing)} labels without an image (e.g. {_examples(missing)})")
-        if cfg.on_mismatch == "stop":
+        if on_mismatch == "stop":
             raise DatasetError(
-                f"{root}: {' and '.join(problems)}; fix {cfg.labels} or pass "
+                f"{root}: {' and '.join(problems)}; fix {labels_name} or pass "
                 "dataset.on_mismatch=skip to use only the labelled images"
             )
         log.warning("%s: skipping %s (dataset.on_mismatch=skip)", root, " and ".join(problems))
     samples = [Sample(n, image_dir / n, labels[n]) for n in names if n in labels]
-    if cfg.limit is not None:
-        samples = samples[: cfg.limit]
+    if limit is not None:
+        samples = samples[:limit]
     if not samples:
-        raise DatasetError(f"{root}: no image has a label in {cfg.labels}")
+        raise DatasetError(f"{root}: no image has a label in {labels_name}")
     return samples
 
 
@@ -173,7 +183,82 @@ def fingerprint(cfg: DatasetConfig, samples: list[Sample]) -> str:
     Hashing 50,000 JPEGs on every run would cost minutes; (size, mtime) is what make and rsync
     trust for the same question.
     """
+    return _fingerprint(dataset_root(cfg) / cfg.labels, samples)
+
+
+def _fingerprint(label_file: Path, samples: list[Sample]) -> str:
     stats = [(s.name, s.label, s.path.stat().st_size, s.path.stat().st_mtime_ns) for s in samples]
-    return digest_json(
-        {"labels": digest_file(dataset_root(cfg) / cfg.labels), "images": stats}
-    )
+    return digest_json({"labels": digest_file(label_file), "images": stats})
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """The dataset a run reads, as one value. A real dataset is identified by its content's
+    fingerprint; a synthetic one by its generator's settings (it is generated on first use, so
+    computing a key never writes it)."""
+
+    name: str
+    limit: int | None
+    on_mismatch: str
+    label_classes: int  # labels must lie in 0..label_classes-1 (the model's classes - offset)
+    synthetic: SyntheticConfig | None
+    fingerprint: str | None  # None for a synthetic dataset
+    root: str = runtime_only()  # where it is: the fingerprint says what it is
+    images: str = runtime_only()
+    labels: str = runtime_only()
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> DatasetSpec:
+        data = cfg.dataset
+        root = dataset_root(data)
+        label_classes = cfg.model.num_classes - cfg.model.class_offset
+        spec = cls(name=data.name, limit=data.limit, on_mismatch=data.on_mismatch,
+                   label_classes=label_classes, synthetic=copy.deepcopy(data.synthetic),
+                   fingerprint=None, root=str(root), images=data.images, labels=data.labels)
+        if spec.synthetic is not None:
+            return spec
+        # listing checks the folder, the label file and the labels' range, before any work
+        return dataclasses.replace(spec, fingerprint=_fingerprint(spec.label_file,
+                                                                  spec._list()))
+
+    @classmethod
+    def for_labels(cls, cfg: RunConfig) -> DatasetSpec:
+        """The dataset as its label file alone (stage=score reads no image): no listing."""
+        data = cfg.dataset
+        return cls(name=data.name, limit=data.limit, on_mismatch=data.on_mismatch,
+                   label_classes=cfg.model.num_classes - cfg.model.class_offset,
+                   synthetic=copy.deepcopy(data.synthetic), fingerprint=None,
+                   root=str(dataset_root(data)), images=data.images, labels=data.labels)
+
+    @property
+    def label_file(self) -> Path:
+        return Path(self.root) / self.labels
+
+    def _list(self) -> list[Sample]:
+        return _list_samples(Path(self.root), self.images, self.labels, self.label_classes,
+                             self.on_mismatch, self.limit)
+
+    def check(self) -> None:
+        """A synthetic dataset's folder must be creatable; a real one was checked by listing."""
+        if self.synthetic is not None:
+            check_creatable(Path(self.root), "dataset.root")
+
+    def ensure(self) -> None:
+        """Generate a synthetic dataset unless it is there."""
+        if self.synthetic is not None:
+            synthetic.ensure(Path(self.root), self.images, self.labels, self.synthetic)
+
+    def samples(self) -> list[Sample]:
+        """The labelled images (a synthetic dataset generated first if needed)."""
+        self.ensure()
+        return self._list()
+
+
+def check_creatable(folder: Path, key: str) -> None:
+    """`folder` exists, or its nearest existing parent is a writable folder: no work is done."""
+    parent = folder
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise DatasetError(f"{key}={folder} cannot be created ({parent} is not a writable "
+                           f"folder): pass {key}=/a/writable/folder")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from runner.config import DatasetConfig, SyntheticConfig
+from runner.config import SyntheticConfig
 
 
 def _image(rng: np.random.Generator, index: int) -> Image.Image:
@@ -45,10 +45,7 @@ def generate(root: Path, images: str, labels: str, spec: SyntheticConfig) -> Non
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def ensure(cfg: DatasetConfig) -> None:
-    """Generate the synthetic dataset described by `cfg` unless it is already there."""
-    if cfg.synthetic is None or cfg.root is None:
-        return
-    root = Path(cfg.root)
-    if not (root / cfg.labels).is_file():
-        generate(root, cfg.images, cfg.labels, cfg.synthetic)
+def ensure(root: Path, images: str, labels: str, spec: SyntheticConfig) -> None:
+    """Generate the synthetic dataset described by `spec` unless it is already there."""
+    if not (root / labels).is_file():
+        generate(root, images, labels, spec)

@@ -11,23 +11,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from runner.config import BUILTIN_ARCH_PREFIXES, ModelConfig, arch_allowed
+from runner.config import BUILTIN_ARCH_PREFIXES, arch_allowed, check_arch
 from runner.errors import ConfigError, WeightsError
 
-# `model.arch` is imported and called; only code from these packages may be named there, unless
-# the run widens the list with security.extra_arch_prefixes
-ALLOWED_ARCH_PREFIXES = BUILTIN_ARCH_PREFIXES
 
-
-def resolve_arch(arch: str, extra_prefixes: Sequence[str] = ()) -> Callable[..., nn.Module]:
+def resolve_arch(arch: str, allowed: Sequence[str] = BUILTIN_ARCH_PREFIXES,
+                 ) -> Callable[..., nn.Module]:
     """The callable `arch` names, refused unless it is public and both named and defined in an
     allowed package (so a re-exported helper such as a downloader cannot be reached)."""
-    allowed = (*ALLOWED_ARCH_PREFIXES, *extra_prefixes)
-    if not arch_allowed(arch, allowed):
-        raise ConfigError(
-            f"model.arch={arch!r} is outside the allowed packages ({', '.join(allowed)}): "
-            "to trust another package, pass security.extra_arch_prefixes=[its.prefix]"
-        )
+    allowed = tuple(allowed)
+    check_arch(arch, allowed)
     module_name, _, attribute = arch.rpartition(".")
     try:
         builder = getattr(importlib.import_module(module_name), attribute)
@@ -74,8 +67,8 @@ def _show(keys: list[str]) -> str:
     return ", ".join(keys[:5]) + (" ..." if len(keys) > 5 else "")
 
 
-def _check_fit(model: nn.Module, state: dict[str, torch.Tensor], cfg: ModelConfig,
-               weights: Path) -> None:
+def _check_fit(model: nn.Module, state: dict[str, torch.Tensor], arch: str,
+               arch_kwargs: dict[str, Any], weights: Path) -> None:
     """Refuse a checkpoint whose names or shapes differ from the architecture, listing them."""
     expected = model.state_dict()
     # BatchNorm fills in a missing num_batches_tracked itself (checkpoints before PyTorch 0.4.1,
@@ -84,7 +77,7 @@ def _check_fit(model: nn.Module, state: dict[str, torch.Tensor], cfg: ModelConfi
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         raise WeightsError(
-            f"checkpoint {weights} does not fit {cfg.arch}: "
+            f"checkpoint {weights} does not fit {arch}: "
             f"{len(missing)} missing keys ({_show(missing)}), "
             f"{len(unexpected)} unexpected keys ({_show(unexpected)})"
         )
@@ -92,31 +85,31 @@ def _check_fit(model: nn.Module, state: dict[str, torch.Tensor], cfg: ModelConfi
              if k in state and state[k].shape != v.shape]
     if wrong:
         raise WeightsError(
-            f"checkpoint {weights} does not fit {cfg.arch}"
-            f"{f' with {cfg.arch_kwargs}' if cfg.arch_kwargs else ''}: "
+            f"checkpoint {weights} does not fit {arch}"
+            f"{f' with {arch_kwargs}' if arch_kwargs else ''}: "
             f"{len(wrong)} tensors of another shape (checkpoint vs model: {_show(wrong)}); "
             "check model.arch_kwargs (e.g. num_classes)"
         )
 
 
-def build(cfg: ModelConfig, weights: Path | None, seed: int,
-          extra_arch_prefixes: Sequence[str] = ()) -> nn.Module:
+def build(arch: str, arch_kwargs: dict[str, Any], weights: Path | None, seed: int,
+          allowed: Sequence[str] = BUILTIN_ARCH_PREFIXES) -> nn.Module:
     """The model in eval mode: weights from `weights`, or a seeded random init when None."""
-    builder = resolve_arch(cfg.arch, extra_arch_prefixes)
+    builder = resolve_arch(arch, allowed)
     torch.manual_seed(seed)
     try:
-        model: Any = builder(**cfg.arch_kwargs)
+        model: Any = builder(**arch_kwargs)
     except (TypeError, ValueError) as error:
         raise ConfigError(
-            f"model.arch={cfg.arch} refused model.arch_kwargs={cfg.arch_kwargs} "
+            f"model.arch={arch} refused model.arch_kwargs={arch_kwargs} "
             f"({type(error).__name__}: {error})"
         ) from None
     if not isinstance(model, nn.Module):
         raise ConfigError(
-            f"model.arch={cfg.arch} returned a {type(model).__name__}, not a torch.nn.Module"
+            f"model.arch={arch} returned a {type(model).__name__}, not a torch.nn.Module"
         )
     if weights is not None:
         state = load_state_dict(weights)
-        _check_fit(model, state, cfg, weights)
+        _check_fit(model, state, arch, arch_kwargs, weights)
         model.load_state_dict(state)
     return model.eval()

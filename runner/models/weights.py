@@ -8,6 +8,7 @@ import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from runner.cache import digest_file
@@ -51,8 +52,15 @@ def identity(src: WeightsSource, seed: int) -> str:
         return src.checksum
     path = Path(src.location)
     if src.kind == "path" and path.is_file():
-        return f"sha256:{digest_file(path)}"
+        stat = path.stat()
+        return _file_identity(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     return src.location
+
+
+@lru_cache(maxsize=16)
+def _file_identity(path: str, size: int, mtime_ns: int) -> str:
+    # several stages key on the same checkpoint: hash it once per (path, size, mtime)
+    return f"sha256:{digest_file(Path(path))}"
 
 
 def verify(path: Path, checksum: str | None) -> None:
@@ -67,8 +75,8 @@ def verify(path: Path, checksum: str | None) -> None:
         )
 
 
-def cached_path(url: str, cache_dir: Path) -> Path:
-    return cache_dir / "weights" / url.rsplit("/", 1)[-1]
+def cached_path(url: str, weights_dir: Path) -> Path:
+    return weights_dir / url.rsplit("/", 1)[-1]
 
 
 def download(url: str, target: Path, checksum: str | None, timeout_s: float = 30.0) -> Path:
@@ -95,7 +103,7 @@ def download(url: str, target: Path, checksum: str | None, timeout_s: float = 30
     return target
 
 
-def fetch(src: WeightsSource, cache_dir: Path) -> Path | None:
+def fetch(src: WeightsSource, weights_dir: Path) -> Path | None:
     """Local path of the verified checkpoint; None for random weights."""
     if src.is_random:
         return None
@@ -108,7 +116,7 @@ def fetch(src: WeightsSource, cache_dir: Path) -> Path | None:
             )
         verify(path, src.checksum)
         return path
-    target = cached_path(src.location, cache_dir)
+    target = cached_path(src.location, weights_dir)
     if target.is_file():
         verify(target, src.checksum)
         return target

@@ -1,54 +1,56 @@
 """benchmark: pure-inference throughput and latency at `bs`, measured as ais_bench does, on
-every device of `chip.devices` at once (`runner.devices`)."""
+every device of `chip.devices` at once (`runner.device_benchmark`)."""
 
 from __future__ import annotations
 
+import copy
 import json
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from runner import device_lock, devices, environment
-from runner.backends import Session, backend_for
-from runner.cache import StageOutput, atomic_write_text, source_digest
-from runner.config import RunConfig
-from runner.measurement import Measurement, measure, method_description
+from runner import device_benchmark, device_lock, environment
+from runner.backends import SessionSettings, backend_code, backend_for
+from runner.cache import StageOutput, atomic_write_text
+from runner.config import BenchmarkConfig, RunConfig
+from runner.device_benchmark import BatchSpec
+from runner.measurement import method_description
+from runner.settings import runtime_only
 
 NEEDS = ("model",)
 GIVES = ("benchmark_json",)
-CODE = ("runner.measurement", "runner.device_lock", "runner.devices")
+CODE = ("runner.measurement", "runner.device_lock", "runner.device_pool",
+        "runner.device_benchmark")
 RESULT_FILE = "benchmark.json"
 TIMED_SPAN = "one synchronous session.run on a preallocated host batch (no preprocessing)"
 
 
-def key_config(cfg: RunConfig) -> dict[str, Any]:
-    backend = backend_for(cfg.chip)
-    return {
-        "bs": cfg.bs,
-        "chip": asdict(cfg.chip),
-        "settings": asdict(cfg.benchmark),
-        "seed": cfg.seed,
-        "backend_code": source_digest(backend.__name__),
-        "host": environment.host_id(),
-    }
+@dataclass(frozen=True)
+class Settings:
+    """The test settings (`method`, the input) apart from the system under test (`session`)."""
+
+    batch: BatchSpec  # bs, input size, random or zero input and its seed
+    method: BenchmarkConfig  # warm-up, stopping rule, stability, repeats
+    session: SessionSettings
+    chip: str
+    devices: tuple[int, ...]  # measured at once
+    backend_code: str
+    host: str  # a figure is a fact about the machine it was measured on
+    lock_dir: str = runtime_only("")  # device locks: one timed job per device
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> Settings:
+        return cls(BatchSpec(cfg.bs, cfg.model.input_size, cfg.benchmark.input, cfg.seed),
+                   copy.deepcopy(cfg.benchmark), SessionSettings.from_config(cfg),
+                   cfg.chip.name, tuple(cfg.chip.devices), backend_code(cfg.chip.runtime),
+                   environment.host_id(), lock_dir=str(cfg.cache_dir))
 
 
-def input_batch(cfg: RunConfig) -> np.ndarray:
-    shape = (cfg.bs, 3, cfg.model.input_size, cfg.model.input_size)
-    if cfg.benchmark.input == "zero":
-        return np.zeros(shape, dtype=np.float32)
-    return np.random.default_rng(cfg.seed).standard_normal(shape, dtype=np.float32)
+def check(settings: Settings) -> None:
+    backend_for(settings.session.runtime).check(settings.session, settings.devices)
 
 
-def measure_session(session: Session, cfg: RunConfig) -> Measurement:
-    """The timed part: `cfg.benchmark`'s method around `session.run` on a prepared batch."""
-    batch = input_batch(cfg)
-    return measure(lambda: session.run(batch), cfg.benchmark, cfg.bs)
-
-
-def device_report(result: devices.DeviceBenchmark) -> dict[str, Any]:
+def device_report(result: device_benchmark.DeviceBenchmark) -> dict[str, Any]:
     measured = result.measurement
     return {
         "device": result.device,
@@ -61,22 +63,25 @@ def device_report(result: devices.DeviceBenchmark) -> dict[str, Any]:
     }
 
 
-def run(cfg: RunConfig, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
+def run(settings: Settings, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
+    session, runtime = settings.session, settings.session.runtime
     # the locks keep other jobs (a parallel sweep) off these devices while they are timed
-    with device_lock.guard(cfg.cache_dir, cfg.chip, cfg.chip.devices,
-                           cfg.benchmark.busy_threshold) as guard:
-        results = devices.benchmark(cfg, inputs["model"], input_batch)
-    metrics = devices.aggregate_metrics(results, cfg.chip.runtime, cfg.bs)
+    with device_lock.guard(Path(settings.lock_dir), settings.chip, session.device_type,
+                           list(settings.devices), settings.method.busy_threshold) as guard:
+        results = device_benchmark.benchmark(settings.devices, session, inputs["model"],
+                                             settings.batch, settings.method)
+    metrics = device_benchmark.aggregate_metrics(results, runtime, settings.batch.bs)
     if guard.busy.busy_pct is not None:
         metrics["benchmark_device_busy_pct"] = guard.busy.busy_pct
-    method = method_description(cfg.benchmark, TIMED_SPAN)
+    method = method_description(settings.method, TIMED_SPAN)
     if len(results) > 1:
-        method["devices"] = devices.AGGREGATE_METHOD
+        method["devices"] = device_benchmark.AGGREGATE_METHOD
     if any(r.own_compute_ms for r in results):
-        method[f"{cfg.chip.runtime}_throughput_fps"] = (
+        method[f"{runtime}_throughput_fps"] = (
             "1000 * bs / mean of the runtime's own execute times of the timed calls")
+    facts = environment.ChipFacts.of_session(settings.chip, session, settings.devices)
     report: dict[str, Any] = {"metrics": metrics, "method": method,
-                              "environment": environment.capture(cfg.chip),
+                              "environment": environment.capture(facts),
                               "device_guard": guard.report()}
     if len(results) == 1:
         report.update(device_report(results[0]))

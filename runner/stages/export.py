@@ -2,73 +2,75 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import onnx
-import torch
-
-from runner.cache import StageOutput, digest_file, source_digest
+from runner.cache import StageOutput, atomic_output_path, digest_file
 from runner.config import RunConfig
-from runner.models import build, weights
+from runner.models.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from torch import nn
 
 NEEDS: tuple[str, ...] = ()
 GIVES = ("onnx",)
-CODE = ("runner.models.build",)
+CODE = ("runner.models.build", "runner.models.spec")
 ONNX_FILE = "model.onnx"
 
 
-def arch_code(arch: str) -> str | None:
-    """Digest of the module defining `arch` when it is this package's; torchvision's is pinned."""
-    if not arch.startswith("runner."):
-        return None
-    return source_digest(build.resolve_arch(arch).__module__)
+@dataclass(frozen=True)
+class OnnxSpec:
+    """The ONNX interface the guide names."""
+
+    input_name: str
+    output_name: str
+    input_size: int  # H = W of the input
+    opset: int
 
 
-def key_config(cfg: RunConfig) -> dict[str, Any]:
-    model = cfg.model
-    src = weights.source(model)
-    return {
-        "arch": model.arch,
-        "arch_kwargs": model.arch_kwargs,
-        "weights": weights.identity(src, cfg.seed),
-        "input": [model.input_name, 3, model.input_size, model.input_size],
-        "output": model.output_name,
-        "opset": model.opset,
-        "torch": torch.__version__,
-        # an architecture of this package is code the export depends on (torchvision's is pinned)
-        "arch_code": arch_code(model.arch),
-    }
+@dataclass(frozen=True)
+class Settings:
+    model: ModelSpec
+    onnx: OnnxSpec
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> Settings:
+        return cls(ModelSpec.from_config(cfg), onnx_spec(cfg))
 
 
-def export_onnx(net: torch.nn.Module, cfg: RunConfig, target: Path) -> None:
-    model = cfg.model
-    dummy = torch.randn(1, 3, model.input_size, model.input_size)
-    # the TorchScript exporter: the dynamo one needs opset >= 18, the guides need 11
-    torch.onnx.export(
-        net,
-        (dummy,),
-        str(target),
-        input_names=[model.input_name],
-        output_names=[model.output_name],
-        dynamic_axes={model.input_name: {0: "-1"}, model.output_name: {0: "-1"}},
-        opset_version=model.opset,
-        do_constant_folding=True,
-        dynamo=False,
-    )
-    onnx.checker.check_model(str(target))
+def onnx_spec(cfg: RunConfig) -> OnnxSpec:
+    m = cfg.model
+    return OnnxSpec(m.input_name, m.output_name, m.input_size, m.opset)
 
 
-def run(cfg: RunConfig, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
-    src = weights.source(cfg.model)
-    checkpoint = weights.fetch(src, cfg.cache_dir)
-    net = build.build(cfg.model, checkpoint, cfg.seed, cfg.security.extra_arch_prefixes)
+def export_onnx(net: nn.Module, spec: OnnxSpec, target: Path) -> None:
+    import onnx
+    import torch
+
+    dummy = torch.randn(1, 3, spec.input_size, spec.input_size)
+    with atomic_output_path(target) as writing, torch.no_grad():
+        # the TorchScript exporter: the dynamo one needs opset >= 18, the guides need 11
+        torch.onnx.export(
+            net,
+            (dummy,),
+            str(writing),
+            input_names=[spec.input_name],
+            output_names=[spec.output_name],
+            dynamic_axes={spec.input_name: {0: "-1"}, spec.output_name: {0: "-1"}},
+            opset_version=spec.opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+        onnx.checker.check_model(str(writing))
+
+
+def run(settings: Settings, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
+    net = settings.model.build()
     target = out_dir / ONNX_FILE
-    with torch.no_grad():
-        export_onnx(net, cfg, target)
+    export_onnx(net, settings.onnx, target)
     return StageOutput(
         artifacts={"onnx": ONNX_FILE},
-        info={"weights": weights.identity(src, cfg.seed), "checkpoint": str(checkpoint),
-              "opset": cfg.model.opset},
+        info={"weights": settings.model.weights_identity, "opset": settings.onnx.opset},
         digests={"onnx": f"sha256:{digest_file(target)}"},
     )

@@ -8,9 +8,9 @@ end-to-end rate approaches the inference rate.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,21 +19,20 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from runner import device_lock, devices, environment
-from runner.backends import Session, backend_for
-from runner.cache import StageOutput, atomic_save_npy, atomic_write_text, source_digest
+from runner import artifacts, device_lock, device_pool, environment
+from runner.artifacts import PreprocessedDataset, chunk_ranges, iter_logits
+from runner.backends import Session, SessionSettings, backend_code, backend_for
+from runner.cache import StageOutput, atomic_write_text
 from runner.config import PreprocessRecipe, RunConfig
 from runner.data import aisbench_files, loader
 from runner.data.transforms import normalize
-from runner.errors import RunnerError
 from runner.measurement import Clock
-from runner.stages.preprocess import PreprocessedDataset
+from runner.settings import runtime_only
 
 NEEDS = ("model", "dataset")
 GIVES = ("logits", "e2e_json")
-CODE = ("runner.data.transforms", "runner.data.loader", "runner.data.aisbench_files")
-LOGITS_DIR = "logits"
-INDEX = "logits.json"
+CODE = ("runner.data.transforms", "runner.data.loader", "runner.data.aisbench_files",
+        "runner.artifacts", "runner.device_pool", "runner.device_lock")
 E2E_FILE = "e2e.json"
 RESULTS_DIR = "results"  # ais_bench-format files, when infer.result_format asks for them
 BATCHES_PER_CHUNK = 16  # the unit of resume: a killed run keeps every finished chunk
@@ -56,18 +55,32 @@ METHOD = {
 }
 
 
-def key_config(cfg: RunConfig) -> dict[str, Any]:
-    backend = backend_for(cfg.chip)
-    recipe = cfg.model.preprocess
-    return {
-        "bs": cfg.bs,
-        "chip": {"runtime": cfg.chip.runtime, "providers": cfg.chip.providers,
-                 "precision": cfg.chip.precision, "device_type": cfg.chip.device_type,
-                 "channels_last": cfg.chip.channels_last},
-        "normalize": {"mean": recipe.mean, "std": recipe.std},
-        "backend_code": source_digest(backend.__name__),
-        "result_format": cfg.infer.result_format,
-    }
+@dataclass(frozen=True)
+class Settings:
+    bs: int
+    session: SessionSettings  # how each device's session is opened
+    chip: str
+    devices: tuple[int, ...]  # the dataset's chunks are sharded over them
+    recipe: PreprocessRecipe  # its normalization is applied to each batch
+    result_format: str  # none | txt | npy | bin: also ais_bench's per-image result files
+    backend_code: str
+    host: str  # the e2e figures are measured here, with these threads and devices
+    busy_threshold: float = runtime_only(0.25)  # warn when others use the device beyond it
+    lock_dir: str = runtime_only("")  # device locks: one timed job per device
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> Settings:
+        session = SessionSettings.from_config(cfg)
+        return cls(bs=cfg.bs, session=session, chip=cfg.chip.name,
+                   devices=tuple(cfg.chip.devices), recipe=copy.deepcopy(cfg.model.preprocess),
+                   result_format=cfg.infer.result_format,
+                   backend_code=backend_code(session.runtime),
+                   host=environment.host_id(), busy_threshold=cfg.benchmark.busy_threshold,
+                   lock_dir=str(cfg.cache_dir))
+
+
+def check(settings: Settings) -> None:
+    backend_for(settings.session.runtime).check(settings.session, settings.devices)
 
 
 @dataclass
@@ -104,14 +117,6 @@ class PartTimes:
         return metrics
 
 
-def chunk_name(start: int) -> str:
-    return f"{LOGITS_DIR}/{start:09d}.npy"
-
-
-def chunk_ranges(count: int, chunk_len: int) -> list[tuple[int, int]]:
-    return [(start, min(start + chunk_len, count)) for start in range(0, count, chunk_len)]
-
-
 def infer_chunks(
     session: Session,
     data: PreprocessedDataset,
@@ -144,7 +149,7 @@ def infer_chunks(
                 filled = np.empty((chunk_stop - chunk_start, *out.shape[1:]), dtype=np.float32)
             filled[batch.start - chunk_start : batch.stop - chunk_start] = out
             if batch.stop == chunk_stop:
-                atomic_save_npy(out_dir / chunk_name(chunk_start), filled)
+                artifacts.save_logits_chunk(out_dir, chunk_start, filled)
                 filled = None
                 position += 1
             after_post = clock()
@@ -160,47 +165,48 @@ def infer_chunks(
     return times
 
 
-def infer_on_device(device: int, cfg: RunConfig, model_path: Path, dataset_path: Path,
+def infer_on_device(device: int, settings: Settings, model_path: Path, dataset_path: Path,
                     out_dir: Path, chunks: list[tuple[int, int]]) -> tuple[PartTimes, dict]:
     """One device's share of the chunks: its own session, warmed up, then `infer_chunks`.
-    A module-level function, so `runner.devices` can run it in a worker process per device."""
+    A module-level function, so `runner.device_pool` can run it in a worker process."""
     data = PreprocessedDataset(dataset_path)
-    session = backend_for(cfg.chip).open_session(model_path, cfg.chip, device)
-    recipe = cfg.model.preprocess
+    session = backend_for(settings.session.runtime).open_session(model_path, settings.session,
+                                                                 device)
+    recipe, bs = settings.recipe, settings.bs
     first_start, first_stop = chunks[0]
-    first = normalize(data.read(first_start, min(first_start + cfg.bs, first_stop)), recipe)
+    first = normalize(data.read(first_start, min(first_start + bs, first_stop)), recipe)
     for _ in range(WARMUP_CALLS):
         session.run(first)
-    devices.start_together()  # with several devices, their timed passes overlap
+    device_pool.start_together()  # with several devices, their timed passes overlap
     images = sum(stop - start for start, stop in chunks)
-    progress = tqdm(total=images, desc=f"infer bs={cfg.bs} device {device}", unit="img")
-    times = infer_chunks(session, data, recipe, cfg.bs, chunks, out_dir, progress=progress)
+    progress = tqdm(total=images, desc=f"infer bs={bs} device {device}", unit="img")
+    times = infer_chunks(session, data, recipe, bs, chunks, out_dir, progress=progress)
     progress.close()
     return times, session.describe()
 
 
-def run(cfg: RunConfig, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
+def run(settings: Settings, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
     data = PreprocessedDataset(inputs["dataset"])
-    (out_dir / LOGITS_DIR).mkdir(exist_ok=True)
-    chunks = chunk_ranges(len(data), cfg.bs * BATCHES_PER_CHUNK)
-    todo = [c for c in chunks if not (out_dir / chunk_name(c[0])).is_file()]
+    (out_dir / artifacts.LOGITS_DIR).mkdir(exist_ok=True)
+    chunks = chunk_ranges(len(data), settings.bs * BATCHES_PER_CHUNK)
+    todo = [c for c in chunks if not artifacts.has_logits_chunk(out_dir, c[0])]
     resumed_images = len(data) - sum(stop - start for start, stop in todo)
     times = PartTimes()
     guard_report: dict[str, Any] | None = None
     per_device: dict[int, tuple[PartTimes, dict]] = {}
     if todo:
         # with several devices, each computes a share of the chunks, all at once
-        work = {device: (cfg, inputs["model"], inputs["dataset"], out_dir, share)
-                for device, share in devices.shard(todo, cfg.chip.devices).items()}
-        with device_lock.guard(cfg.cache_dir, cfg.chip, list(work),
-                               cfg.benchmark.busy_threshold) as guard:
-            per_device = devices.run_on_devices(infer_on_device, work)
+        work = {device: (settings, inputs["model"], inputs["dataset"], out_dir, share)
+                for device, share in device_pool.shard(todo, list(settings.devices)).items()}
+        with device_lock.guard(Path(settings.lock_dir), settings.chip,
+                               settings.session.device_type, list(work),
+                               settings.busy_threshold) as guard:
+            per_device = device_pool.run_on_devices(infer_on_device, work)
         guard_report = guard.report()
         parts = [part for part, _ in per_device.values()]
         times = parts[0] if len(parts) == 1 else PartTimes.combine(
             parts, wall_s=max(part.wall_s for part in parts))
-    files = [chunk_name(start) for start, _ in chunks]
-    atomic_write_text(out_dir / INDEX, json.dumps({"files": files, "count": len(data)}))
+    index = artifacts.write_logits_index(out_dir, chunks, len(data))
     metrics = times.metrics()
     if len(per_device) > 1:
         for device, (part, _) in per_device.items():
@@ -217,40 +223,23 @@ def run(cfg: RunConfig, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
         "resumed_images": resumed_images,
         "sessions": sessions,
         "device": guard_report,
-        "environment": environment.capture(cfg.chip),
+        "environment": environment.capture(environment.ChipFacts.of_session(
+            settings.chip, settings.session, settings.devices)),
     }
     atomic_write_text(out_dir / E2E_FILE, json.dumps(report, indent=2))
     output = StageOutput(
-        artifacts={"logits": INDEX, "e2e_json": E2E_FILE},
+        artifacts={"logits": index, "e2e_json": E2E_FILE},
         metrics=metrics,
         info={"devices": sessions, "resumed_chunks": len(chunks) - len(todo),
               "computed_chunks": len(todo)},
     )
-    if cfg.infer.result_format != "none":
+    if settings.result_format != "none":
         start = 0
-        for logits in iter_logits(out_dir / INDEX):  # one chunk in memory at a time
+        for logits in iter_logits(out_dir / index):  # one chunk in memory at a time
             names = data.names[start : start + len(logits)]
             aisbench_files.write_results(out_dir / RESULTS_DIR, names, logits,
-                                         cfg.infer.result_format)
+                                         settings.result_format)
             start += len(logits)
         output.artifacts["results"] = RESULTS_DIR
-        output.info["result_files"] = f"{len(data)} x <image>_0.{cfg.infer.result_format}"
+        output.info["result_files"] = f"{len(data)} x <image>_0.{settings.result_format}"
     return output
-
-
-def iter_logits(index_path: Path) -> Iterator[np.ndarray]:
-    """The logits of an infer entry one chunk at a time, in dataset order (memory: one chunk)."""
-    index = json.loads(index_path.read_text())
-    seen = 0
-    for name in index["files"]:
-        chunk = np.load(index_path.parent / name)
-        seen += len(chunk)
-        yield chunk
-    if seen != index["count"]:
-        raise RunnerError(f"{index_path}: the logit files hold {seen} rows, the index says "
-                          f"{index['count']}; recompute with cache.force=[infer]")
-
-
-def load_logits(index_path: Path) -> np.ndarray:
-    """All logits of an infer entry, (N, num_classes) float32, in dataset order."""
-    return np.concatenate(list(iter_logits(index_path)))

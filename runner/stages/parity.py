@@ -1,124 +1,48 @@
 """parity: the PyTorch model and the converted model on the same evaluation tensors.
 
-`infer` ran the converted model over the preprocessed dataset; parity runs the PyTorch model (the
-checkpoint `export` read) on the very same normalized batches and compares the logits image by
-image: largest and mean |difference|, the fraction of images whose top-1 class agrees, and the
-top-1/top-5 accuracy of each. A breach of `parity.tolerance.<chip.precision>` fails the run,
-naming the worst images.
-
-The PyTorch logits are a cache entry of their own (`parity_reference`), keyed by model, weights
-and dataset only, so a batch-size sweep, another chip or a changed tolerance computes them once.
+`infer` ran the converted model over the preprocessed dataset and `reference` ran the PyTorch
+model (the checkpoint `export` read) on the very same normalized batches; parity compares the
+logits image by image: largest and mean |difference|, the fraction of images whose top-1 class
+agrees, and the top-1/top-5 accuracy of each. A breach of `parity.tolerance.<chip.precision>`
+fails the run, naming the worst images.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
-from runner.cache import (
-    StageOutput,
-    atomic_save_npy,
-    atomic_write_text,
-    digest_file,
-    digest_json,
-    run_cached,
-    source_digest,
-)
+from runner.accuracy import topk_accuracy
+from runner.artifacts import PreprocessedDataset, load_logits
+from runner.cache import StageOutput, atomic_write_text
 from runner.config import ParityTolerance, RunConfig
-from runner.data.transforms import normalize
 from runner.errors import ParityError
-from runner.models import build, weights
-from runner.stages.evaluate import topk_accuracy
-from runner.stages.export import arch_code
-from runner.stages.infer import load_logits
-from runner.stages.preprocess import MANIFEST, PreprocessedDataset
 
 log = logging.getLogger("runner")
 
-NEEDS = ("logits", "dataset")
+NEEDS = ("logits", "reference_logits", "dataset")
 GIVES = ("parity_json",)
-CODE = ("runner.models.build", "runner.models.weights", "runner.data.transforms",
-        "runner.stages.evaluate")
+CODE = ("runner.accuracy", "runner.artifacts")
 REPORT = "parity.json"
-REFERENCE_STAGE = "parity_reference"
-# PyTorch's batch size: fixed, so the reference does not change with `bs`
-REFERENCE_BS = 16
-REFERENCE_CHUNK = REFERENCE_BS * 16  # images per reference chunk: the unit of resume
-LOGITS_DIR = "logits"
-INDEX = "logits.json"
 
 
-def _model_identity(cfg: RunConfig) -> dict[str, Any]:
-    model = cfg.model
-    return {
-        "arch": model.arch,
-        "arch_kwargs": model.arch_kwargs,
-        "arch_code": arch_code(model.arch),
-        "weights": weights.identity(weights.source(model), cfg.seed),
-        "torch": torch.__version__,
-    }
+@dataclass(frozen=True)
+class Settings:
+    precision: str  # the chip's: picks the tolerance
+    tolerance: ParityTolerance
+    class_offset: int
+    worst: int  # images named in the report and in the error message
 
-
-def key_config(cfg: RunConfig) -> dict[str, Any]:
-    recipe = cfg.model.preprocess
-    return {
-        "model": _model_identity(cfg),
-        "normalize": {"mean": recipe.mean, "std": recipe.std},
-        "class_offset": cfg.model.class_offset,
-        "precision": cfg.chip.precision,
-        "tolerance": asdict(getattr(cfg.parity.tolerance, cfg.chip.precision)),
-        "worst": cfg.parity.worst,
-    }
-
-
-def _compute_reference(cfg: RunConfig, dataset_dir: Path, out_dir: Path) -> StageOutput:
-    data = PreprocessedDataset(dataset_dir)
-    src = weights.source(cfg.model)
-    net = build.build(cfg.model, weights.fetch(src, cfg.cache_dir), cfg.seed)
-    recipe = cfg.model.preprocess
-    (out_dir / LOGITS_DIR).mkdir(exist_ok=True)
-    files = []
-    progress = tqdm(total=len(data), desc="parity: PyTorch", unit="img")
-    for start in range(0, len(data), REFERENCE_CHUNK):
-        stop = min(start + REFERENCE_CHUNK, len(data))
-        name = f"{LOGITS_DIR}/{start:09d}.npy"
-        files.append(name)
-        if not (out_dir / name).is_file():
-            outputs = []
-            for batch_start in range(start, stop, REFERENCE_BS):
-                batch = normalize(data.pixels(batch_start, min(batch_start + REFERENCE_BS, stop)),
-                                  recipe)
-                with torch.no_grad():
-                    outputs.append(net(torch.from_numpy(batch)).numpy())
-            atomic_save_npy(out_dir / name, np.concatenate(outputs).astype(np.float32))
-        progress.update(stop - start)
-    progress.close()
-    atomic_write_text(out_dir / INDEX, json.dumps({"files": files, "count": len(data)}))
-    return StageOutput(artifacts={"logits": INDEX},
-                       info={"weights": weights.identity(src, cfg.seed), "batch": REFERENCE_BS})
-
-
-def reference_logits(cfg: RunConfig, dataset_dir: Path) -> np.ndarray:
-    """PyTorch's logits for every image of a preprocess entry, computed once and cached."""
-    recipe = cfg.model.preprocess
-    key = digest_json({
-        "model": _model_identity(cfg),
-        "normalize": {"mean": recipe.mean, "std": recipe.std},
-        # a preprocess entry's folder is named by its content key
-        "dataset": [dataset_dir.resolve().name, digest_file(dataset_dir / MANIFEST)],
-        "batch": REFERENCE_BS,
-        "code": {m: source_digest(m) for m in (__name__, *CODE, "runner.cache")},
-    })[:24]
-    entry = run_cached(cfg.cache_dir, REFERENCE_STAGE, key,
-                       lambda out_dir: _compute_reference(cfg, dataset_dir, out_dir))
-    return load_logits(entry.artifact("logits"))
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> Settings:
+        precision = cfg.chip.precision
+        return cls(precision, getattr(cfg.parity.tolerance, precision), cfg.model.class_offset,
+                   cfg.parity.worst)
 
 
 def compare(reference: np.ndarray, converted: np.ndarray, labels: np.ndarray, class_offset: int,
@@ -166,19 +90,19 @@ def breaches(metrics: dict[str, float], tolerance: ParityTolerance) -> list[str]
     return found
 
 
-def run(cfg: RunConfig, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
+def run(settings: Settings, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
     converted = load_logits(inputs["logits"])
+    reference = load_logits(inputs["reference_logits"])
     data = PreprocessedDataset(inputs["dataset"])
-    reference = reference_logits(cfg, inputs["dataset"])
     if reference.shape != converted.shape:
         raise ParityError(
             f"parity: PyTorch gives logits of shape {reference.shape}, the converted model "
             f"{converted.shape}: the converted model is not the exported one"
         )
-    precision = cfg.chip.precision
-    tolerance = getattr(cfg.parity.tolerance, precision)
-    result = compare(reference, converted, data.labels, cfg.model.class_offset, data.names,
-                     cfg.parity.worst)
+    precision = settings.precision
+    tolerance = settings.tolerance
+    result = compare(reference, converted, data.labels, settings.class_offset, data.names,
+                     settings.worst)
     found = breaches(result["metrics"], tolerance)
     report = {
         **result,

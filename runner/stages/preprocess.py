@@ -6,43 +6,41 @@ files, and lossless); `infer` normalizes each batch as it feeds it.
 
 from __future__ import annotations
 
-import json
+import copy
 import os
 from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from runner.cache import StageOutput, atomic_write_text
+from runner.artifacts import chunk_file, write_manifest
+from runner.cache import StageOutput
 from runner.config import PreprocessRecipe, RunConfig
-from runner.data import dataset, synthetic
+from runner.data import dataset
+from runner.data.dataset import DatasetSpec
 from runner.data.transforms import load_cropped
-from runner.errors import DatasetError
 from runner.interrupts import ignore_in_worker
+from runner.settings import runtime_only
 
 NEEDS: tuple[str, ...] = ()
 GIVES = ("dataset",)
-CODE = ("runner.data.transforms", "runner.data.dataset")
-MANIFEST = "manifest.json"
+CODE = ("runner.data.transforms", "runner.data.dataset", "runner.data.synthetic",
+        "runner.artifacts")
 
 
-def key_config(cfg: RunConfig) -> dict[str, Any]:
-    synthetic.ensure(cfg.dataset)
-    # with the model: labels outside its classes stop the run here, before any work
-    samples = dataset.list_samples(cfg.dataset, cfg.model)
-    recipe = cfg.model.preprocess
-    return {
-        "dataset": dataset.fingerprint(cfg.dataset, samples),
-        "recipe": {k: getattr(recipe, k) for k in ("resize", "interpolation", "crop",
-                                                   "crop_offset")},
-        "chunk_size": cfg.preprocess.chunk_size,
-    }
+@dataclass(frozen=True)
+class Settings:
+    dataset: DatasetSpec  # which images and labels (with a fingerprint of their content)
+    recipe: PreprocessRecipe  # how one image becomes a crop
+    chunk_size: int  # images per cache chunk: the unit of resume
+    workers: int = runtime_only(0)  # decoding processes; 0 = one per core
 
-
-def chunk_file(index: int) -> str:
-    return f"chunk_{index:06d}.npy"
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> Settings:
+        return cls(DatasetSpec.from_config(cfg), copy.deepcopy(cfg.model.preprocess),
+                   cfg.preprocess.chunk_size, cfg.preprocess.workers)
 
 
 PIECE = 16  # images per worker task: small enough to keep every core busy to the end
@@ -103,79 +101,28 @@ def _fill_chunks(chunks: dict[int, list[dataset.Sample]], recipe: PreprocessReci
             unfinished.unlink(missing_ok=True)
 
 
-def run(cfg: RunConfig, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
-    samples = dataset.list_samples(cfg.dataset, cfg.model)
-    recipe = cfg.model.preprocess
-    size = cfg.preprocess.chunk_size
+def check(settings: Settings) -> None:
+    settings.dataset.check()
+
+
+def run(settings: Settings, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
+    samples = settings.dataset.samples()  # generates a synthetic dataset on first use
+    recipe = settings.recipe
+    size = settings.chunk_size
     chunks = [samples[i : i + size] for i in range(0, len(samples), size)]
     todo = {i: chunk for i, chunk in enumerate(chunks)
             if not (out_dir / chunk_file(i)).is_file()}
-    workers = cfg.preprocess.workers or os.cpu_count() or 1
+    workers = settings.workers or os.cpu_count() or 1
     done = len(samples) - sum(len(chunk) for chunk in todo.values())
     progress = tqdm(total=len(samples), initial=done, desc="preprocess", unit="img")
     if todo:
         _fill_chunks(todo, recipe, out_dir, workers, progress)
     progress.close()
-    manifest = {
-        "names": [s.name for s in samples],
-        "labels": [s.label for s in samples],
-        "chunks": [chunk_file(i) for i in range(len(chunks))],
-        "shape": [recipe.crop, recipe.crop, 3],
-        "dtype": "uint8",
-    }
-    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest))
+    write_manifest(out_dir, [s.name for s in samples], [s.label for s in samples], len(chunks),
+                   recipe.crop)
     return StageOutput(
         artifacts={"dataset": "."},
         metrics={"num_images": float(len(samples))},
         info={"resumed_chunks": len(chunks) - len(todo), "computed_chunks": len(todo),
               "workers": workers},
     )
-
-
-class PreprocessedDataset:
-    """Read access to a preprocess cache entry: labels, names and uint8 crops by index range."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        manifest = json.loads((root / MANIFEST).read_text())
-        self.names: list[str] = manifest["names"]
-        self.labels = np.asarray(manifest["labels"], dtype=np.int64)
-        self._chunks = [np.load(root / name, mmap_mode="r") for name in manifest["chunks"]]
-        self._starts = np.cumsum([0] + [len(c) for c in self._chunks])
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def pixels(self, start: int, stop: int) -> np.ndarray:
-        """uint8 (stop - start, H, W, 3) crops, read across chunk boundaries."""
-        parts = []
-        first = int(np.searchsorted(self._starts, start, side="right")) - 1
-        for index in range(first, len(self._chunks)):
-            lo, hi = self._starts[index], self._starts[index + 1]
-            if lo >= stop:
-                break
-            parts.append(self._chunks[index][max(start, lo) - lo : min(stop, hi) - lo])
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """The same crops as `pixels`, in a fresh array filled by plain file reads.
-
-        Pages of a memory map that have been read stay in the process's resident memory until it
-        is unmapped, so streaming a whole dataset through `pixels` grows RSS with the dataset;
-        `read` keeps it flat (the page cache still serves repeated reads).
-        """
-        out = np.empty((stop - start, *self._chunks[0].shape[1:]), dtype=np.uint8)
-        first = int(np.searchsorted(self._starts, start, side="right")) - 1
-        for index in range(first, len(self._chunks)):
-            lo, hi = self._starts[index], self._starts[index + 1]
-            if lo >= stop:
-                break
-            chunk = self._chunks[index]
-            a, b = max(start, lo), min(stop, hi)
-            target = memoryview(out[a - start : b - start]).cast("B")
-            with open(chunk.filename, "rb") as stream:
-                stream.seek(chunk.offset + (a - lo) * chunk.strides[0])
-                if stream.readinto(target) != target.nbytes:
-                    raise DatasetError(f"{chunk.filename} is truncated: delete the preprocess "
-                                       f"cache entry {self.root} and run again")
-        return out

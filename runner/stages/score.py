@@ -9,60 +9,72 @@ compares with in-runner ones.
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from runner.cache import StageOutput, atomic_write_text, digest_file, digest_json
-from runner.config import RunConfig
-from runner.data import aisbench_files, dataset, synthetic
+from runner.accuracy import topk_accuracy
+from runner.artifacts import write_metrics_json
+from runner.cache import StageOutput, digest_file, digest_json
+from runner.config import RunConfig, SyntheticConfig
+from runner.data import aisbench_files, dataset
+from runner.data.dataset import DatasetSpec
 from runner.errors import ConfigError, ResultFilesError
-from runner.stages.evaluate import METRICS_FILE, guide_json, topk_accuracy
+from runner.settings import runtime_only
 
 NEEDS: tuple[str, ...] = ()
 GIVES = ("metrics_json",)
-CODE = ("runner.data.aisbench_files", "runner.data.dataset", "runner.stages.evaluate")
+CODE = ("runner.data.aisbench_files", "runner.data.dataset", "runner.accuracy",
+        "runner.artifacts")
 
 
-def results_folder(cfg: RunConfig) -> Path:
-    if cfg.score.results is None:
-        raise ConfigError(
-            "score.results is not set: pass score.results=/path/to/folder of ais_bench result "
-            "files (<image>_0.txt|.npy|.bin)"
-        )
-    return Path(cfg.score.results).expanduser()
+@dataclass(frozen=True)
+class Settings:
+    results: str  # the folder of ais_bench result files
+    format: str  # their format, resolved from `auto`
+    results_fingerprint: str  # names, sizes and mtimes, as a dataset's fingerprint
+    labels_digest: str | None  # the label file's; None for a synthetic dataset ...
+    synthetic: SyntheticConfig | None  # ... whose generator's settings are its identity
+    on_mismatch: str  # result files without a label, labels without a file: stop or skip
+    num_classes: int
+    class_offset: int
+    dataset: DatasetSpec = runtime_only()  # where the label file is (generated if synthetic)
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> Settings:
+        if cfg.score.results is None:
+            raise ConfigError(
+                "score.results is not set: pass score.results=/path/to/folder of ais_bench "
+                "result files (<image>_0.txt|.npy|.bin)"
+            )
+        folder = Path(cfg.score.results).expanduser()
+        files, fmt = aisbench_files.find_results(folder, cfg.score.format)
+        stats = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files.values())
+        spec = DatasetSpec.for_labels(cfg)  # the labels only: score reads no image
+        labels_digest = None
+        if spec.synthetic is None:
+            dataset.read_labels(spec.label_file)  # a missing or malformed file fails here
+            labels_digest = digest_file(spec.label_file)
+        return cls(str(folder), fmt, digest_json(stats), labels_digest, spec.synthetic,
+                   spec.on_mismatch, cfg.model.num_classes, cfg.model.class_offset,
+                   dataset=spec)
 
 
-def label_file(cfg: RunConfig) -> Path:
-    synthetic.ensure(cfg.dataset)
-    return dataset.dataset_root(cfg.dataset) / cfg.dataset.labels
+def check(settings: Settings) -> None:
+    settings.dataset.check()
 
 
-def key_config(cfg: RunConfig) -> dict[str, Any]:
-    files, fmt = aisbench_files.find_results(results_folder(cfg), cfg.score.format)
-    labels = label_file(cfg)
-    dataset.read_labels(labels)  # a missing or malformed label file fails here, named
-    stats = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files.values())
-    return {
-        "results": digest_json(stats),  # names, sizes and mtimes, as dataset.fingerprint does
-        "format": fmt,
-        "labels": digest_file(labels),
-        "num_classes": cfg.model.num_classes,
-        "class_offset": cfg.model.class_offset,
-        "on_mismatch": cfg.dataset.on_mismatch,
-    }
-
-
-def run(cfg: RunConfig, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
-    folder = results_folder(cfg)
-    files, fmt = aisbench_files.find_results(folder, cfg.score.format)
+def run(settings: Settings, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
+    folder = Path(settings.results)
+    files, fmt = aisbench_files.find_results(folder, settings.format)
+    settings.dataset.ensure()  # a synthetic dataset's label file is generated with its images
+    label_file = settings.dataset.label_file
     labels = {aisbench_files.image_stem(name): label
-              for name, label in dataset.read_labels(label_file(cfg)).items()}
+              for name, label in dataset.read_labels(label_file).items()}
     unlabelled = sorted(s for s in files if s not in labels)
     missing = sorted(s for s in labels if s not in files)
-    if (unlabelled or missing) and cfg.dataset.on_mismatch == "stop":
+    if (unlabelled or missing) and settings.on_mismatch == "stop":
         problems = []
         if unlabelled:
             problems.append(f"{len(unlabelled)} result files without a label "
@@ -76,15 +88,14 @@ def run(cfg: RunConfig, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
         )
     stems = sorted((s for s in files if s in labels), key=dataset.natural_key)
     if not stems:
-        raise ResultFilesError(f"{folder}: no result file matches a label in {label_file(cfg)}")
-    logits = np.stack([aisbench_files.read_result(files[s], cfg.model.num_classes)
+        raise ResultFilesError(f"{folder}: no result file matches a label in {label_file}")
+    logits = np.stack([aisbench_files.read_result(files[s], settings.num_classes)
                        for s in stems])
     accuracies = topk_accuracy(logits, np.array([labels[s] for s in stems]),
-                               cfg.model.class_offset)
-    result = guide_json(accuracies, len(stems), logits.shape[1])
-    atomic_write_text(out_dir / METRICS_FILE, json.dumps(result, indent=2))
+                               settings.class_offset)
+    name = write_metrics_json(out_dir, accuracies, len(stems), logits.shape[1])
     return StageOutput(
-        artifacts={"metrics_json": METRICS_FILE},
+        artifacts={"metrics_json": name},
         metrics={**{f"top{i + 1}": acc for i, acc in enumerate(accuracies)},
                  "num_images": float(len(stems))},
         info={"results": str(folder), "format": fmt, "scored": len(stems),

@@ -1,0 +1,154 @@
+"""The pure-inference benchmark on every device of `chip.devices` at once: each device's figures
+and their aggregate, where the guides multiply one chip's throughput by the number of chips.
+
+Concurrency: the workers start together (after every model is loaded), and a worker whose
+measurement is done keeps running untimed batches until every device's is done, so each
+device's timed calls are all made while every device is busy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runner import device_pool
+from runner.backends import SessionSettings, backend_for
+from runner.config import BenchmarkConfig
+from runner.measurement import Measurement, measure
+
+log = logging.getLogger("runner")
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """The prepared input of the timed calls (made in each worker, not sent to it)."""
+
+    bs: int
+    input_size: int
+    kind: str  # random | zero, like ais_bench's --pure_data_type
+    seed: int
+
+    def make(self) -> np.ndarray:
+        shape = (self.bs, 3, self.input_size, self.input_size)
+        if self.kind == "zero":
+            return np.zeros(shape, dtype=np.float32)
+        return np.random.default_rng(self.seed).standard_normal(shape, dtype=np.float32)
+
+
+@dataclass
+class DeviceBenchmark:
+    """One device's measurement, taken while the other devices were measured too."""
+
+    device: int
+    measurement: Measurement
+    session: dict[str, Any]
+    # the runtime's own execute times of the timed calls (ais_bench), else empty
+    own_compute_ms: list[float] = field(default_factory=list)
+    # time.perf_counter_ns (CLOCK_MONOTONIC on Linux: one clock for every process of the host):
+    # right after the last timed call, and the span the device was busy (warm-up, timed calls,
+    # untimed calls while other devices were still measuring)
+    end_ns: int = 0
+    busy_start_ns: int = 0
+    busy_end_ns: int = 0
+    untimed_calls_after: int = 0
+
+    @property
+    def start_ns(self) -> int:
+        return self.end_ns - int(self.measurement.wall_s * 1e9)
+
+
+def benchmark_on_device(device: int, session_settings: SessionSettings, model_path: Path,
+                        batch_spec: BatchSpec, method: BenchmarkConfig) -> DeviceBenchmark:
+    """One device's measurement; a module-level function, so a worker process can run it."""
+    session = backend_for(session_settings.runtime).open_session(model_path, session_settings,
+                                                                 device)
+    batch = batch_spec.make()
+    device_pool.start_together()
+    busy_start_ns = time.perf_counter_ns()
+    result = measure(lambda: session.run(batch), method, batch_spec.bs)
+    end_ns = time.perf_counter_ns()
+    own = session.own_compute_ms()
+    # the timed calls are the last ones the session ran (the warm-up came before them)
+    own = own[-result.iterations :] if len(own) >= result.iterations else []
+    untimed = device_pool.keep_busy_until_all_done(lambda: session.run(batch))
+    return DeviceBenchmark(device, result, session.describe(), own, end_ns, busy_start_ns,
+                           time.perf_counter_ns(), untimed)
+
+
+def benchmark(devices: tuple[int, ...], session_settings: SessionSettings, model_path: Path,
+              batch_spec: BatchSpec, method: BenchmarkConfig) -> list[DeviceBenchmark]:
+    """The benchmark on every device at once, in device order."""
+    if session_settings.device_type == "cpu" and len(devices) > 1 and not session_settings.threads:
+        log.warning("chip.devices=%s on the CPU with chip.threads=0: every worker uses all "
+                    "cores; set chip.threads (e.g. 1) to share them", list(devices))
+    work = {device: (session_settings, model_path, batch_spec, method) for device in devices}
+    return list(device_pool.run_on_devices(benchmark_on_device, work).values())
+
+
+def own_metrics(result: DeviceBenchmark, runtime: str, bs: int) -> dict[str, float]:
+    """Throughput by ais_bench's formula on the runtime's own execute times, where it has them."""
+    if not result.own_compute_ms:
+        return {}
+    mean_ms = float(np.mean(result.own_compute_ms))
+    return {f"{runtime}_throughput_fps": 1000.0 * bs / mean_ms,
+            f"{runtime}_compute_ms_mean": mean_ms}
+
+
+AGGREGATE_METHOD = {
+    "concurrency": "one worker process per device; all start after every model is loaded; a "
+                   "worker done measuring runs untimed batches until every device is done",
+    "throughput_fps": "sum over devices of 1000 * bs / mean(compute ms)",
+    "wall_fps": "sum over devices of bs * calls / wall seconds of the device's timed loop",
+    "latency_ms_*": "percentiles of every device's timed calls pooled",
+    "benchmark_overlap": "the smallest share of a device's timed loop spent while every device "
+                         "was busy (1.0: all timed calls were made under full load)",
+    "per device": "<metric>_dev<id>, each device's own figure",
+}
+PER_DEVICE_METRICS = ("throughput_fps", "wall_fps", "latency_ms_p50", "latency_ms_p99",
+                      "benchmark_stable")
+
+
+def aggregate_metrics(results: list[DeviceBenchmark], runtime: str, bs: int) -> dict[str, float]:
+    """The run's benchmark metrics: one device's as measured; several devices' aggregate (named
+    as one device's) plus each device's under `<metric>_dev<id>`."""
+    if len(results) == 1:
+        (only,) = results
+        return {**only.measurement.metrics(), **own_metrics(only, runtime, bs)}
+    metrics: dict[str, float] = {}
+    for result in results:
+        own = own_metrics(result, runtime, bs)
+        device_metrics = {**result.measurement.metrics(), **own}
+        for key in (*PER_DEVICE_METRICS, *own):
+            metrics[f"{key}_dev{result.device}"] = device_metrics[key]
+    pooled = np.concatenate([r.measurement.compute_ms for r in results])
+    all_busy_from = max(r.busy_start_ns for r in results)
+    all_busy_until = min(r.busy_end_ns for r in results)
+
+    def share_under_full_load(r: DeviceBenchmark) -> float:
+        covered = min(r.end_ns, all_busy_until) - max(r.start_ns, all_busy_from)
+        return max(0, covered) / max(1, r.end_ns - r.start_ns)
+
+    metrics.update({
+        "throughput_fps": sum(r.measurement.throughput_fps for r in results),
+        "wall_fps": sum(r.measurement.wall_fps for r in results),
+        "latency_ms_mean": float(np.mean(pooled)),
+        "latency_ms_min": float(np.min(pooled)),
+        "latency_ms_max": float(np.max(pooled)),
+        "latency_ms_p50": float(np.percentile(pooled, 50)),
+        "latency_ms_p90": float(np.percentile(pooled, 90)),
+        "latency_ms_p99": float(np.percentile(pooled, 99)),
+        "benchmark_iterations": float(sum(r.measurement.iterations for r in results)),
+        "benchmark_stable": float(all(r.measurement.stable for r in results)),
+        "benchmark_window_spread": max(r.measurement.spread for r in results),
+        "benchmark_devices": float(len(results)),
+        "benchmark_overlap": min(share_under_full_load(r) for r in results),
+    })
+    if all(f"{runtime}_throughput_fps_dev{r.device}" in metrics for r in results):
+        metrics[f"{runtime}_throughput_fps"] = sum(
+            metrics[f"{runtime}_throughput_fps_dev{r.device}"] for r in results)
+    return metrics

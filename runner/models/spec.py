@@ -1,0 +1,59 @@
+"""The PyTorch model a run names, as one value: what `export`, `reference` and the torch backend
+build, each from the same spec, so a setting such as `security.extra_arch_prefixes` reaches every
+place that imports `model.arch`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runner import environment
+from runner.cache import source_digest
+from runner.config import RunConfig, allowed_arch_prefixes, check_arch
+from runner.models import weights
+from runner.settings import runtime_only
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+def arch_code(arch: str) -> str | None:
+    """Digest of the module defining `arch` when it is this package's (torchvision's code is
+    pinned by its version); read from the file, without importing it."""
+    if not arch.startswith("runner."):
+        return None
+    return source_digest(arch.rpartition(".")[0])
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    arch: str  # import path of a callable returning an nn.Module
+    arch_kwargs: dict[str, Any]
+    weights: weights.WeightsSource
+    weights_identity: str  # the checksum, a local file's hash, or random(seed=...)
+    seed: int  # seeds a random init
+    arch_code: str | None
+    torch: str  # torch's version: the same weights can export differently across releases
+    # packages model.arch may import from (the built-in ones + security.extra_arch_prefixes)
+    allowed_prefixes: tuple[str, ...] = runtime_only()
+    weights_dir: str = runtime_only()  # where a downloaded checkpoint is kept
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> ModelSpec:
+        model = cfg.model
+        prefixes = allowed_arch_prefixes(cfg.security.extra_arch_prefixes)
+        check_arch(model.arch, prefixes)
+        src = weights.source(model)
+        return cls(arch=model.arch, arch_kwargs=dict(model.arch_kwargs), weights=src,
+                   weights_identity=weights.identity(src, cfg.seed), seed=cfg.seed,
+                   arch_code=arch_code(model.arch), torch=environment.module_version("torch"),
+                   allowed_prefixes=prefixes, weights_dir=str(cfg.cache_dir / "weights"))
+
+    def build(self) -> nn.Module:
+        """The model in eval mode, its checkpoint fetched (and verified) first."""
+        from runner.models import build
+
+        checkpoint = weights.fetch(self.weights, Path(self.weights_dir))
+        return build.build(self.arch, self.arch_kwargs, checkpoint, self.seed,
+                           self.allowed_prefixes)
