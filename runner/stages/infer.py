@@ -24,7 +24,7 @@ from runner.backends import Session, backend_for
 from runner.cache import StageOutput, atomic_save_npy, atomic_write_text, source_digest
 from runner.config import PreprocessRecipe, RunConfig
 from runner.data import aisbench_files, loader
-from runner.data.transforms import normalize
+from runner.data.transforms import normalize, normalize_settings
 from runner.errors import RunnerError
 from runner.measurement import Clock
 from runner.stages.preprocess import PreprocessedDataset
@@ -64,7 +64,7 @@ def key_config(cfg: RunConfig) -> dict[str, Any]:
         "chip": {"runtime": cfg.chip.runtime, "providers": cfg.chip.providers,
                  "precision": cfg.chip.precision, "device_type": cfg.chip.device_type,
                  "channels_last": cfg.chip.channels_last},
-        "normalize": {"mean": recipe.mean, "std": recipe.std},
+        "normalize": normalize_settings(recipe),
         "backend_code": source_digest(backend.__name__),
         "result_format": cfg.infer.result_format,
     }

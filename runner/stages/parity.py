@@ -32,7 +32,7 @@ from runner.cache import (
     source_digest,
 )
 from runner.config import ParityTolerance, RunConfig
-from runner.data.transforms import normalize
+from runner.data.transforms import normalize, normalize_settings
 from runner.errors import ParityError
 from runner.models import build, weights
 from runner.stages.evaluate import topk_accuracy
@@ -70,7 +70,7 @@ def key_config(cfg: RunConfig) -> dict[str, Any]:
     recipe = cfg.model.preprocess
     return {
         "model": _model_identity(cfg),
-        "normalize": {"mean": recipe.mean, "std": recipe.std},
+        "normalize": normalize_settings(recipe),
         "class_offset": cfg.model.class_offset,
         "precision": cfg.chip.precision,
         "tolerance": asdict(getattr(cfg.parity.tolerance, cfg.chip.precision)),
@@ -110,7 +110,7 @@ def reference_logits(cfg: RunConfig, dataset_dir: Path) -> np.ndarray:
     recipe = cfg.model.preprocess
     key = digest_json({
         "model": _model_identity(cfg),
-        "normalize": {"mean": recipe.mean, "std": recipe.std},
+        "normalize": normalize_settings(recipe),
         # a preprocess entry's folder is named by its content key
         "dataset": [dataset_dir.resolve().name, digest_file(dataset_dir / MANIFEST)],
         "batch": REFERENCE_BS,

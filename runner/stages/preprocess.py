@@ -35,8 +35,8 @@ def key_config(cfg: RunConfig) -> dict[str, Any]:
     recipe = cfg.model.preprocess
     return {
         "dataset": dataset.fingerprint(cfg.dataset, samples),
-        "recipe": {k: getattr(recipe, k) for k in ("resize", "interpolation", "crop",
-                                                   "crop_offset")},
+        "recipe": {k: getattr(recipe, k) for k in ("library", "resize", "crop_fraction",
+                                                   "interpolation", "crop", "crop_offset")},
         "chunk_size": cfg.preprocess.chunk_size,
     }
 
