@@ -4,7 +4,8 @@ The reference is `tests/reference.py`'s `mlperf_resnet50`, written from MLPerf I
 `pre_process_vgg` (cv2.imread, BGR->RGB, resize to 87.5% crop fraction with INTER_AREA, truncated
 center crop, float32 mean subtraction). The runner's crop (`load_cropped`) and its fed tensor
 (`normalize`) must equal it exactly, on the 100 real sample images and on generated images of
-every kind cv2.imread meets: grayscale, CMYK, PNG content named .JPEG, alpha, 16-bit, odd sizes.
+every kind cv2.imread meets: grayscale, CMYK, PNG content named .JPEG, alpha, 16-bit, a
+truncated JPEG, odd sizes.
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ def odd_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     save("png_palette", Image.fromarray(pixels(270, 300, 3)).convert("P"), "PNG")
     wide = (pixels(264, 300, 1)[..., 0].astype(np.uint16) * 257).astype(np.uint16)
     save("png_16bit_gray", Image.fromarray(wide), "PNG")  # mode I;16
+    # cut in half: cv2.imread decodes what is there and fills the rest (MLPerf keeps the image)
+    whole = made["landscape"].read_bytes()
+    made["truncated"] = root / "truncated.JPEG"
+    made["truncated"].write_bytes(whole[: len(whole) // 2])
     return made
 
 
