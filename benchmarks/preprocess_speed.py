@@ -2,21 +2,28 @@
 
     .venv/bin/python benchmarks/preprocess_speed.py                 # the 100 sample images x 4
     .venv/bin/python benchmarks/preprocess_speed.py --images /data/imagenet/val --limit 2000
+    .venv/bin/python benchmarks/preprocess_speed.py --models resnet50_mlperf   # the OpenCV path
 
 For each model (its recipe from conf/model/<name>.yaml), in one process, alternating A/B rounds:
   reference  the guides' script: one process, PIL decode -> resize -> crop -> float32 -> /255,
-             -mean, /std -> CHW -> `.tofile(<stem>.bin)` per image
+             -mean, /std -> CHW -> `.tofile(<stem>.bin)` per image. For a `library=opencv` model
+             it is the same PIL script on the same geometry (shorter side, bilinear, crop) and
+             normalization: what the guides would run for that job
   runner     `runner.stages.preprocess.run` with its default workers (one per core), writing the
-             uint8 chunk cache
+             uint8 chunk cache, with the model's library (PIL, or OpenCV for resnet50_mlperf)
 Timer: time.perf_counter around a whole pass over the images (process start-up and file writes
-included), after reading every file once to warm the page cache. Prints images/s of each, the
-median of the per-round ratios, CPU time per image (getrusage, workers included), bytes per
-cached image vs the .bin file, and checks that the tensors fed to the model equal the .bin files.
+included), after reading every file once to warm the page cache. Prints images/s of each with the
+1-minute load average read right after each pass (other processes share these cores, so on a
+busy host the figures are provisional), the median of the per-round ratios, CPU time per image
+(getrusage, workers included), bytes per cached image vs the .bin file, and, for PIL models,
+checks that the tensors fed to the model equal the .bin files (the OpenCV recipe's exactness
+against MLPerf's script is tests/test_opencv_recipe.py's).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import resource
 import shutil
@@ -51,9 +58,9 @@ def guide_script(path: Path, recipe: PreprocessRecipe) -> np.ndarray:
     image = Image.open(path).convert("RGB")
     w, h = image.size
     short, long = (w, h) if w <= h else (h, w)
-    new_long = int(recipe.resize * long / short)
-    size = (recipe.resize, new_long) if w <= h else (new_long, recipe.resize)
-    if short != recipe.resize:
+    new_long = int(recipe.shorter_side * long / short)
+    size = (recipe.shorter_side, new_long) if w <= h else (new_long, recipe.shorter_side)
+    if short != recipe.shorter_side:
         image = image.resize(size, FILTERS[recipe.interpolation])
     if recipe.crop_offset == "floor":
         img = np.array(image, dtype=np.float32)
@@ -65,10 +72,20 @@ def guide_script(path: Path, recipe: PreprocessRecipe) -> np.ndarray:
         left = round((image.size[0] - recipe.crop) / 2.0)
         image = image.crop((left, top, left + recipe.crop, top + recipe.crop))
         img = np.array(image, dtype=np.float32)
-    img = img / 255.0
+    if recipe.divide_by_255:
+        img = img / 255.0
     img -= np.array(recipe.mean, dtype=np.float32)
     img /= np.array(recipe.std, dtype=np.float32)
     return img.transpose(2, 0, 1)
+
+
+def guide_recipe(recipe: PreprocessRecipe) -> PreprocessRecipe:
+    """The PIL script's recipe for a job: the recipe itself, or for an OpenCV recipe the same
+    shorter side, crop and normalization with PIL's bilinear filter (the guides' choice)."""
+    if recipe.library == "pil":
+        return recipe
+    return dataclasses.replace(recipe, library="pil", interpolation="bilinear",
+                               resize=recipe.shorter_side, crop_fraction=None)
 
 
 def reference_pass(paths: list[Path], recipe: PreprocessRecipe, out_dir: Path) -> None:
@@ -111,23 +128,26 @@ def bench(model: str, images: list[Path], copies: int, rounds: int, work: Path) 
     paths = make_dataset(images, copies, root)
     cfg = runner_config(model, root, work / model / "cache")
     recipe = cfg.model.preprocess
+    script_recipe = guide_recipe(recipe)
     for path in paths:  # warm the page cache for both contenders
         path.read_bytes()
 
     ref_dir, our_dir = work / model / "bins", work / model / "chunks"
-    ref_s, our_s, ref_cpu, our_cpu = [], [], [], []
+    ref_s, our_s, ref_cpu, our_cpu, ref_load, our_load = [], [], [], [], [], []
     for _ in range(rounds):
         for out in (ref_dir, our_dir):
             shutil.rmtree(out, ignore_errors=True)
         cpu, started = cpu_seconds(), time.perf_counter()
-        reference_pass(paths, recipe, ref_dir)
+        reference_pass(paths, script_recipe, ref_dir)
         ref_s.append(time.perf_counter() - started)
         ref_cpu.append(cpu_seconds() - cpu)
+        ref_load.append(os.getloadavg()[0])
         our_dir.mkdir()
         cpu, started = cpu_seconds(), time.perf_counter()
         output = preprocess.run(preprocess.Settings.from_config(cfg), {}, our_dir)
         our_s.append(time.perf_counter() - started)
         our_cpu.append(cpu_seconds() - cpu)
+        our_load.append(os.getloadavg()[0])
 
     n = len(paths)
     data = preprocess.PreprocessedDataset(our_dir)
@@ -136,23 +156,29 @@ def bench(model: str, images: list[Path], copies: int, rounds: int, work: Path) 
         expected = np.fromfile(ref_dir / f"{path.name.split('.')[0]}.bin", dtype=np.float32)
         fed = normalize(data.pixels(index, index + 1), recipe).reshape(-1)
         worst = max(worst, float(np.abs(fed - expected).max()))
+    # PIL and OpenCV resize differently: only a PIL recipe's tensors can equal the PIL script's
+    check = (f"fed tensors vs .bin max abs diff {worst:g}" if recipe.library == "pil" else
+             f"fed tensors vs the PIL script's .bin max abs diff {worst:g} (OpenCV resizes "
+             "otherwise; exactness vs MLPerf is tested in tests/test_opencv_recipe.py)")
     bin_bytes = (ref_dir / f"{paths[0].name.split('.')[0]}.bin").stat().st_size
     cache_bytes = sum(f.stat().st_size for f in our_dir.glob("chunk_*.npy")) / n
     ratios = [r / o for r, o in zip(ref_s, our_s, strict=True)]
     print(f"{model}: {n} images ({len(images)} x {copies}), {rounds} rounds, "
-          f"recipe resize {recipe.resize} {recipe.interpolation} crop {recipe.crop}")
+          f"recipe {recipe.library} shorter side {recipe.shorter_side} {recipe.interpolation} "
+          f"crop {recipe.crop}; reference script: PIL, {script_recipe.interpolation}")
     print(f"  reference script (1 process)      {n / statistics.median(ref_s):8.1f} images/s "
-          f"(median of {[round(n / s, 1) for s in ref_s]})")
-    print(f"  runner preprocess ({output.info['workers']} workers)      "
+          f"(median of {[round(n / s, 1) for s in ref_s]}, load {[round(x, 2) for x in ref_load]})")
+    print(f"  runner preprocess ({output.info['workers']} workers, {recipe.library}) "
           f"{n / statistics.median(our_s):8.1f} images/s "
-          f"(median of {[round(n / s, 1) for s in our_s]})")
+          f"(median of {[round(n / s, 1) for s in our_s]}, load {[round(x, 2) for x in our_load]})")
     print(f"  speed ratio runner/reference: median {statistics.median(ratios):.2f}x "
-          f"(per round {[round(r, 2) for r in ratios]})")
+          f"(per round {[round(r, 2) for r in ratios]}); provisional: "
+          f"{os.cpu_count()} cores shared with other processes (load above)")
     ref_ms, our_ms = (1000 * statistics.median(c) / n for c in (ref_cpu, our_cpu))
     print(f"  CPU ms per image (all processes): reference {ref_ms:.2f}, runner {our_ms:.2f}")
     print(f"  bytes per image: .bin {bin_bytes}, cache {cache_bytes:.1f} incl. the .npy header "
           f"(ratio {cache_bytes / bin_bytes:.6f}; pixels alone {recipe.crop ** 2 * 3}, exactly "
-          f"1/4); fed tensors vs .bin max abs diff {worst:g}")
+          f"1/4); {check}")
     return statistics.median(ratios)
 
 
@@ -162,7 +188,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
     parser.add_argument("--copies", type=int, default=4, help="times each image is processed")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--models", nargs="+", default=["inceptionv4", "alexnet"])
+    parser.add_argument("--models", nargs="+",
+                        default=["inceptionv4", "alexnet", "resnet50_mlperf"])
     args = parser.parse_args()
     images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))
     images = images[: args.limit]

@@ -69,33 +69,125 @@ def check_arch(arch: str, allowed: tuple[str, ...]) -> None:
         )
 
 
+# The two decode-and-resize families a recipe can follow. `pil`: the guides' and torchvision's
+# scripts (PIL decode, antialiased resize). `opencv`: scripts built on cv2.imread/cv2.resize, such
+# as MLPerf Inference's ResNet50 reference; OpenCV resizes differently (no antialias for
+# INTER_LINEAR, its own rounding), so a recipe must say which one its reference used.
+LIBRARIES = ("pil", "opencv")
+PIL_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+# OpenCV's own flag names, so a recipe reads like the script it follows (cv2.INTER_AREA, ...)
+OPENCV_INTERPOLATIONS = ("INTER_NEAREST", "INTER_LINEAR", "INTER_CUBIC", "INTER_AREA",
+                         "INTER_LANCZOS4", "INTER_LINEAR_EXACT", "INTER_NEAREST_EXACT")
+CHANNEL_ORDERS = ("RGB", "BGR")
+
+
 @dataclass
 class PreprocessRecipe:
-    """How one image becomes a model input; the same recipe serves every model."""
+    """How one image becomes a model input; the same recipe serves every model.
 
-    resize: int = 256  # shorter side, longer side int(resize * long / short)
-    interpolation: str = "bilinear"
+    Decode, resize and crop (`library`, `resize`/`crop_fraction`, `interpolation`, `crop`,
+    `crop_offset`) give the uint8 RGB crop the cache keeps; `divide_by_255`, `mean`, `std` and
+    `channel_order` are applied when a batch is fed (`runner.data.transforms.normalize`).
+    """
+
+    library: str = "pil"  # pil | opencv: whose decoder and resize the reference script used
+    # shorter side after resize, longer side int(resize * long / short); null when crop_fraction
+    # gives it
+    resize: int | None = 256
+    # the crop is this fraction of the shorter side (MLPerf: 0.875, 224 of 256): the shorter
+    # side becomes int(100 * crop / (100 * crop_fraction)), as MLPerf's resize_with_aspectratio
+    crop_fraction: float | None = None
+    interpolation: str = "bilinear"  # PIL: nearest|bilinear|bicubic; OpenCV: INTER_* names
     crop: int = 224
-    # torchvision CenterCrop rounds the offset half-to-even; the InceptionV4 guide truncates
+    # torchvision CenterCrop rounds the offset half-to-even; the InceptionV4 guide and MLPerf
+    # truncate
     crop_offset: str = "round"
+    # ToTensor's /255 before the mean; false keeps 0..255 values (MLPerf, Caffe-style scripts)
+    divide_by_255: bool = True
+    # in the order of the model's input channels (channel_order); std [1, 1, 1] subtracts the
+    # mean only (MLPerf): dividing by 1 is exact in float32
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    channel_order: str = "RGB"  # BGR: the model takes cv2.imread's channel order
 
     def __post_init__(self) -> None:
-        _check_positive("model.preprocess.resize", self.resize)
+        _check_choice("model.preprocess.library", self.library, LIBRARIES)
         _check_positive("model.preprocess.crop", self.crop)
-        if self.crop > self.resize:
+        if (self.resize is None) == (self.crop_fraction is None):
+            given = ["null" if v is None else v for v in (self.resize, self.crop_fraction)]
             raise ConfigError(
-                f"model.preprocess.crop={self.crop} is larger than resize={self.resize}"
+                f"model.preprocess.resize={given[0]} and crop_fraction={given[1]}: set exactly "
+                "one of them (the other to null)"
             )
-        _check_choice("model.preprocess.interpolation", self.interpolation,
-                      ("nearest", "bilinear", "bicubic"))
+        if self.crop_fraction is not None and not 0 < self.crop_fraction <= 1:
+            raise ConfigError(
+                f"model.preprocess.crop_fraction={self.crop_fraction} must be in (0, 1], "
+                "e.g. 0.875"
+            )
+        if self.resize is not None:
+            _check_positive("model.preprocess.resize", self.resize)
+        if self.crop > self.shorter_side:
+            raise ConfigError(
+                f"model.preprocess.crop={self.crop} is larger than resize={self.shorter_side}"
+            )
+        if self.library == "pil" and self.interpolation not in PIL_INTERPOLATIONS:
+            raise ConfigError(
+                f"model.preprocess.interpolation={self.interpolation!r} is not a PIL filter "
+                f"(library=pil): use one of {', '.join(PIL_INTERPOLATIONS)}"
+            )
+        if self.library == "opencv" and self.interpolation not in OPENCV_INTERPOLATIONS:
+            raise ConfigError(
+                f"model.preprocess.interpolation={self.interpolation!r} is not an OpenCV flag "
+                f"(library=opencv): use one of {', '.join(OPENCV_INTERPOLATIONS)}"
+            )
         _check_choice("model.preprocess.crop_offset", self.crop_offset, ("round", "floor"))
+        _check_choice("model.preprocess.channel_order", self.channel_order, CHANNEL_ORDERS)
         for key, values in (("mean", self.mean), ("std", self.std)):
             if len(values) != 3:
-                raise ConfigError(f"model.preprocess.{key} needs 3 values (R, G, B), got {values}")
+                raise ConfigError(
+                    f"model.preprocess.{key} needs 3 values ({', '.join(self.channel_order)}), "
+                    f"got {values}"
+                )
         if any(s == 0 for s in self.std):
             raise ConfigError(f"model.preprocess.std={self.std} contains 0")
+
+    @property
+    def shorter_side(self) -> int:
+        """The shorter side after resize: `resize`, or what `crop_fraction` makes of the crop."""
+        if self.resize is not None:
+            return self.resize
+        assert self.crop_fraction is not None
+        # MLPerf's float expression (a percentage, 87.5), so the size is its size
+        return int(100.0 * self.crop / (100.0 * self.crop_fraction))
+
+    def cropping(self) -> Cropping:
+        return Cropping(self.library, self.shorter_side, self.interpolation, self.crop,
+                        self.crop_offset)
+
+    def normalization(self) -> Normalization:
+        return Normalization(self.divide_by_255, tuple(self.mean), tuple(self.std),
+                             self.channel_order)
+
+
+@dataclass(frozen=True)
+class Cropping:
+    """The part of a recipe that makes the cached uint8 crop (what `preprocess` reads)."""
+
+    library: str
+    shorter_side: int  # resolved from resize or crop_fraction
+    interpolation: str
+    crop: int
+    crop_offset: str
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """The part of a recipe applied when a batch is fed (what `infer` and `reference` read)."""
+
+    divide_by_255: bool
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    channel_order: str
 
 
 @dataclass

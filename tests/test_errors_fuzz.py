@@ -81,7 +81,7 @@ def test_any_label_file_gives_samples_or_a_one_line_dataset_error(
 
 # --- config overrides -----------------------------------------------------------------------
 
-KEYS = ["bs", "seed", "debug", "model", "chip", "dataset", "stage", "model.preprocess.resize",
+KEYS = ["bs", "seed", "traceback", "model", "chip", "dataset", "stage", "model.preprocess.resize",
         "model.preprocess.crop", "model.preprocess.interpolation", "model.preprocess.mean",
         "model.num_classes", "model.class_offset", "model.weights", "model.weights_checksum",
         "model.arch", "model.arch_kwargs", "chip.threads", "chip.precision", "chip.devices",

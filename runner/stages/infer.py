@@ -8,7 +8,6 @@ end-to-end rate approaches the inference rate.
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from contextlib import closing
@@ -23,7 +22,7 @@ from runner import artifacts, device_lock, device_pool, environment
 from runner.artifacts import PreprocessedDataset, chunk_ranges, iter_logits
 from runner.backends import Session, SessionSettings, backend_code, backend_for
 from runner.cache import StageOutput, atomic_write_text
-from runner.config import PreprocessRecipe, RunConfig
+from runner.config import Normalization, PreprocessRecipe, RunConfig
 from runner.data import aisbench_files, loader
 from runner.data.transforms import normalize
 from runner.measurement import Clock
@@ -61,7 +60,7 @@ class Settings:
     session: SessionSettings  # how each device's session is opened
     chip: str
     devices: tuple[int, ...]  # the dataset's chunks are sharded over them
-    recipe: PreprocessRecipe  # its normalization is applied to each batch
+    normalization: Normalization  # applied to each batch as it is fed
     result_format: str  # none | txt | npy | bin: also ais_bench's per-image result files
     backend_code: str
     host: str  # the e2e figures are measured here, with these threads and devices
@@ -72,7 +71,8 @@ class Settings:
     def from_config(cls, cfg: RunConfig) -> Settings:
         session = SessionSettings.from_config(cfg)
         return cls(bs=cfg.bs, session=session, chip=cfg.chip.name,
-                   devices=tuple(cfg.chip.devices), recipe=copy.deepcopy(cfg.model.preprocess),
+                   devices=tuple(cfg.chip.devices),
+                   normalization=cfg.model.preprocess.normalization(),
                    result_format=cfg.infer.result_format,
                    backend_code=backend_code(session.runtime),
                    host=environment.host_id(), busy_threshold=cfg.benchmark.busy_threshold,
@@ -120,7 +120,7 @@ class PartTimes:
 def infer_chunks(
     session: Session,
     data: PreprocessedDataset,
-    recipe: PreprocessRecipe,
+    recipe: PreprocessRecipe | Normalization,
     bs: int,
     chunks: list[tuple[int, int]],
     out_dir: Path,
@@ -172,7 +172,7 @@ def infer_on_device(device: int, settings: Settings, model_path: Path, dataset_p
     data = PreprocessedDataset(dataset_path)
     session = backend_for(settings.session.runtime).open_session(model_path, settings.session,
                                                                  device)
-    recipe, bs = settings.recipe, settings.bs
+    recipe, bs = settings.normalization, settings.bs
     first_start, first_stop = chunks[0]
     first = normalize(data.read(first_start, min(first_start + bs, first_stop)), recipe)
     for _ in range(WARMUP_CALLS):

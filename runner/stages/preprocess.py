@@ -6,7 +6,6 @@ files, and lossless); `infer` normalizes each batch as it feeds it.
 
 from __future__ import annotations
 
-import copy
 import os
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from tqdm import tqdm
 
 from runner.artifacts import chunk_file, write_manifest
 from runner.cache import StageOutput
-from runner.config import PreprocessRecipe, RunConfig
+from runner.config import Cropping, RunConfig
 from runner.data import dataset
 from runner.data.dataset import DatasetSpec
 from runner.data.transforms import load_cropped
@@ -33,13 +32,13 @@ CODE = ("runner.data.transforms", "runner.data.dataset", "runner.data.synthetic"
 @dataclass(frozen=True)
 class Settings:
     dataset: DatasetSpec  # which images and labels (with a fingerprint of their content)
-    recipe: PreprocessRecipe  # how one image becomes a crop
+    recipe: Cropping  # how one image becomes the cached crop
     chunk_size: int  # images per cache chunk: the unit of resume
     workers: int = runtime_only(0)  # decoding processes; 0 = one per core
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> Settings:
-        return cls(DatasetSpec.from_config(cfg), copy.deepcopy(cfg.model.preprocess),
+        return cls(DatasetSpec.from_config(cfg), cfg.model.preprocess.cropping(),
                    cfg.preprocess.chunk_size, cfg.preprocess.workers)
 
 
@@ -47,7 +46,7 @@ PIECE = 16  # images per worker task: small enough to keep every core busy to th
 CHUNKS_IN_FLIGHT = 2  # chunks being filled at once, so workers never wait for a chunk's write
 
 
-def _fill(job: tuple[str, int, list[str], PreprocessRecipe]) -> int:
+def _fill(job: tuple[str, int, list[str], Cropping]) -> int:
     """Worker: decode `paths` into rows `start...` of a chunk file being filled; rows written."""
     target, start, paths, recipe = job
     crops = np.lib.format.open_memmap(target, mode="r+")
@@ -57,7 +56,7 @@ def _fill(job: tuple[str, int, list[str], PreprocessRecipe]) -> int:
     return len(paths)
 
 
-def _fill_chunks(chunks: dict[int, list[dataset.Sample]], recipe: PreprocessRecipe,
+def _fill_chunks(chunks: dict[int, list[dataset.Sample]], recipe: Cropping,
                  out_dir: Path, workers: int, progress: tqdm) -> None:
     """Write each chunk's crops, decoded by `workers` processes straight into the chunk's file.
 

@@ -7,7 +7,6 @@ batch-size sweep, another chip or another tolerance computes it once.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from tqdm import tqdm
 from runner import artifacts
 from runner.artifacts import PreprocessedDataset, chunk_ranges
 from runner.cache import StageOutput
-from runner.config import PreprocessRecipe, RunConfig
+from runner.config import Normalization, RunConfig
 from runner.data.transforms import normalize
 from runner.models.spec import ModelSpec
 
@@ -33,11 +32,11 @@ CHUNK = BATCH * 16  # images per logits chunk: the unit of resume
 @dataclass(frozen=True)
 class Settings:
     model: ModelSpec
-    recipe: PreprocessRecipe  # its normalization is applied to each batch, as infer does
+    normalization: Normalization  # applied to each batch, as infer does
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> Settings:
-        return cls(ModelSpec.from_config(cfg), copy.deepcopy(cfg.model.preprocess))
+        return cls(ModelSpec.from_config(cfg), cfg.model.preprocess.normalization())
 
 
 def run(settings: Settings, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
@@ -54,7 +53,7 @@ def run(settings: Settings, inputs: dict[str, Path], out_dir: Path) -> StageOutp
         for batch_start in range(start, stop, BATCH):
             # plain reads, not the memory map: resident memory stays flat over a large dataset
             batch = normalize(data.read(batch_start, min(batch_start + BATCH, stop)),
-                              settings.recipe)
+                              settings.normalization)
             with torch.no_grad():
                 outputs.append(net(torch.from_numpy(batch)).numpy())
         artifacts.save_logits_chunk(out_dir, start, np.concatenate(outputs))
