@@ -52,8 +52,8 @@ def run_job(cfg: DictConfig) -> dict[str, float]:
     link = sweep.current_link()  # set when this job is part of a sweep (`-m`)
     try:
         run_cfg = config.validate(cfg)
-        planned = pipeline.plan(run_cfg)
         check_writable(run_cfg.cache_dir, "paths.cache_dir")
+        planned = pipeline.plan(run_cfg)
     except RunnerError as error:
         if link is not None:  # so the sweep's table lists it with the other jobs
             from runner import tracking

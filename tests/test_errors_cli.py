@@ -1,5 +1,5 @@
 """Bad inputs through `python -m runner`: one line `runner: error: ...` naming the culprit and the
-fix, no traceback (unless debug=true), exit status 1, and a FAILED MLflow run where one had
+fix, no traceback (unless traceback=true), exit status 1, and a FAILED MLflow run where one had
 started. Each case is a real CLI process against a real MLflow store (SQLite, or a real
 `mlflow server` for the tracking-server cases). A CLI process costs seconds, so there is one per
 kind of failure; every row of the issue's matrix is checked where it is raised, in
@@ -79,7 +79,7 @@ def test_config_errors_are_one_line_and_start_no_run(space: Workspace, override:
 
 
 def test_debug_true_shows_the_traceback(space: Workspace) -> None:
-    result = space.run("model=nosuchnet", "debug=true", check=False)
+    result = space.run("model=nosuchnet", "traceback=true", check=False)
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr
     assert "MissingConfigException" in result.stderr
@@ -154,13 +154,13 @@ def test_corrupt_onnx_and_unexpected_errors(space: Workspace, tmp_path: Path) ->
            r".*rerun with cache.force=\[export\]", run_started=True)
     # a damaged cache index is no input error: one line all the same, and how to see more
     (export_entry / "result.json").write_text('{"artifacts": ')
-    _fails(private, *convert, expected=r"^unexpected JSONDecodeError: .* \(rerun with debug=true "
-           r"for the traceback\)$", run_started=True)
+    _fails(private, *convert, expected=r"^unexpected JSONDecodeError: .* \(rerun with "
+           r"traceback=true for the traceback\)$", run_started=True)
     failed = private.runs()[-1]
     artifacts = Path(mlflow.artifacts.download_artifacts(run_id=failed.info.run_id,
                                                          tracking_uri=private.tracking_uri))
     assert "json.decoder.JSONDecodeError" in (artifacts / "logs" / "traceback.txt").read_text()
-    debug = private.run(*convert, "debug=true", check=False)
+    debug = private.run(*convert, "traceback=true", check=False)
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
     assert private.runs()[-1].info.status == "FAILED"
 

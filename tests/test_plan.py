@@ -1,0 +1,113 @@
+"""The plan: every check that needs no work runs before the first stage and before an MLflow run
+exists; `security.extra_arch_prefixes` reaches every place that imports `model.arch`; the
+reference logits are a stage like any other."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runner import pipeline
+from runner.config import STAGE_NAMES
+from runner.errors import ConfigError
+from runner.stages import producers, stage_module
+from tests.conftest import Workspace, run_config
+
+TINY_PACKAGE = '''
+"""A model package the runner does not trust by default."""
+from torch import nn
+
+
+def tiny(num_classes: int = 1000) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, num_classes))
+'''
+
+
+def test_producers_are_found_from_the_stage_modules() -> None:
+    made = producers()
+    for name in STAGE_NAMES:
+        for artifact in stage_module(name).GIVES:
+            assert made[artifact] in STAGE_NAMES
+    assert made["reference_logits"] == "reference" and made["logits"] == "infer"
+    with pytest.raises(ConfigError, match=r"parity needs 'reference_logits', made by "
+                                          r"reference; list reference before parity"):
+        pipeline.check_order(["export", "convert", "preprocess", "infer", "parity"])
+
+
+def test_no_stage_imports_another() -> None:
+    stages = Path(pipeline.__file__).parent / "stages"
+    for module in stages.glob("*.py"):
+        text = module.read_text()
+        assert "from runner.stages" not in text and "import runner.stages" not in text, module
+
+
+def test_the_reference_is_a_stage_of_the_presets(tmp_path: Path) -> None:
+    for preset in ("all", "accuracy"):
+        stages = run_config(f"stage={preset}").stage.stages
+        assert stages.index("reference") < stages.index("parity")
+    planned = pipeline.plan(run_config("debug=smoke", "cache.force=[reference]",
+                                       f"paths.cache_dir={tmp_path}"))
+    forced = {stage.name for stage in planned if stage.force}
+    assert forced == {"reference"}
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (("debug=smoke", "chip.precision=fp16"),
+     r"chip\.precision=fp16 is not supported by runtime onnxruntime"),
+    (("debug=smoke", "dataset=imagenet", "dataset.root=null"), r"dataset\.root is not set"),
+    (("debug=smoke", "cache-under-a-file"), r"paths\.cache_dir=.* is not writable"),
+    (("debug=smoke", "chip=torch_cpu", "model.arch=torch.nn.Identity"),
+     r"model\.arch='torch\.nn\.Identity' is outside the allowed packages"),
+])
+def test_what_needs_no_work_fails_at_once_without_an_mlflow_run(
+        tmp_path: Path, overrides: tuple[str, ...], message: str) -> None:
+    workspace = Workspace(tmp_path / "fresh")  # its own cache: nothing in it before
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    cache = workspace.cache
+    if "cache-under-a-file" in overrides:
+        workspace.cache = a_file / "cache"
+    args = [o for o in overrides if o != "cache-under-a-file"]
+    started = time.perf_counter()
+    result = workspace.run(*args, check=False, env={"IMAGENET_ROOT": ""})
+    seconds = time.perf_counter() - started
+    assert result.returncode == 1
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("runner: error:")]
+    assert re.search(message, line), line
+    assert seconds < 5, f"took {seconds:.1f} s"
+    assert not workspace.db.exists()  # no MLflow run, not even a store
+    assert not list(cache.glob("*/*"))  # no stage started
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chip", ["cpu", "torch_cpu"])
+def test_an_architecture_from_an_extra_package_runs_every_stage(
+        workspace: Workspace, tmp_path: Path, chip: str) -> None:
+    package = tmp_path / "site" / "mypkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "models.py").write_text(TINY_PACKAGE)
+    result = workspace.run("debug=smoke", f"chip={chip}", "model=resnet18",
+                           "model.arch=mypkg.models.tiny", "security.extra_arch_prefixes=[mypkg]",
+                           env={"PYTHONPATH": str(tmp_path / "site")})
+    assert "runner: error" not in result.stderr
+    (run,) = workspace.runs()
+    assert run.info.status == "FINISHED"
+    stages = run_config("stage=all").stage.stages
+    assert {f"cache.{name}" for name in stages} <= set(run.data.tags)
+    assert run.data.metrics["parity_top1_agreement"] == 1.0
+    assert "throughput_fps" in run.data.metrics
+
+
+def test_the_cli_starts_fast_enough_to_fail_fast() -> None:
+    # the import behind every command: MLflow and torch are imported only once work starts
+    code = "import runner.cli, sys; print('mlflow' in sys.modules, 'torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.split() == ["False", "False"]
