@@ -131,9 +131,14 @@ def _npu_facts(chip: ChipFacts) -> dict[str, Any]:
     from runner.backends import ascend
 
     info = ascend.npu_smi_info()
+    if info and info.devices:
+        # by device id: on a card of several chips (Atlas 300I Duo) one NPU row names two devices
+        names = [info.devices[d] for d in chip.devices if d in info.devices] or info.names
+        device_name = ",".join(dict.fromkeys(f"Ascend{n}" for n in names))
+    else:
+        device_name = "unknown (npu-smi not found or lists no NPU)"
     return {
-        "device_name": _pick([f"Ascend{n}" for n in info.names], chip.devices)
-        if info and info.names else "unknown (npu-smi not found or lists no NPU)",
+        "device_name": device_name,
         "driver_version": f"npu-smi {info.version}" if info else "unknown",
         "runtime_version": f"CANN {ascend.cann_version()}, ais_bench "
                            f"{module_version('ais_bench')}, aclruntime "

@@ -39,3 +39,7 @@ class TrackingError(RunnerError):
 
 class StorageError(RunnerError):
     """An output folder is full, read-only or otherwise not writable."""
+
+
+class DeviceRuntimeError(RunnerError):
+    """The device runtime (e.g. ais_bench on an NPU) failed to open or run the model."""

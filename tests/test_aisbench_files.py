@@ -73,8 +73,9 @@ def test_files_are_written_as_ais_bench_writes_them(tmp_path: Path) -> None:
     for fmt in ("txt", "npy", "bin"):
         aisbench_files.write_result(tmp_path / f"a_0.{fmt}", row, fmt)
     text = (tmp_path / "a_0.txt").read_text()
-    assert "\n" not in text and text.endswith(" ")  # np.savetxt(newline=" ") of one row
-    fields = text.split(" ")[:-1]
+    # ais_bench's save_data_to_files: each value then a space, and a line break after the row
+    assert text.count("\n") == 1 and text.endswith(" \n")
+    fields = text[:-1].split(" ")[:-1]
     assert len(fields) == 1000 and all(re.fullmatch(r"-?\d+\.\d{6}", f) for f in fields)
     assert fields[0] == f"{row[0]:f}"
     npy = np.load(tmp_path / "a_0.npy")

@@ -23,9 +23,15 @@ from runner.tools import run_tool, tool_output
 
 SET_ENV_HINT = "source /usr/local/Ascend/ascend-toolkit/set_env.sh (or your CANN install's)"
 ATC_SUCCESS = "ATC run success"
-# atc --precision_mode for chip.precision: the guides keep atc's default for inference chips,
-# force_fp16; fp32 asks atc to keep float32 where the chip can
-PRECISION_MODES = {"fp16": "force_fp16", "fp32": "force_fp32"}
+# atc --precision_mode for chip.precision (CANN's atc manual, "--precision_mode"). fp16:
+# force_fp16, the guides' mode and atc's default for inference chips. fp32: must_keep_origin_dtype,
+# the only mode that keeps matrix (cube) operators in float32 - which only the Atlas A2 chips
+# (Ascend910B1..B4) can: on 310/310P/910A the cube unit is fp16-only, and force_fp32 there still
+# feeds the cube fp16 inputs (fp32 outputs), which parity's fp32 tolerance would rightly fail.
+PRECISION_MODES = {"fp16": "force_fp16", "fp32": "must_keep_origin_dtype"}
+FP32_CUBE_SOC = re.compile(r"^Ascend910B[1-4]$")
+# every other precision mode computes matrix operators in fp16 (fp16 inputs at least)
+FP32_MODES = ("must_keep_origin_dtype",)
 # options the runner sets from the model and chip config; atc_options may not repeat them
 MANAGED_OPTIONS = ("model", "framework", "output", "input_format", "input_shape", "soc_version",
                    "dynamic_batch_size")
@@ -70,22 +76,48 @@ def require_atc() -> str:
 
 @dataclass
 class NpuInfo:
-    """What `npu-smi info` says: the driver tool's version and each NPU's chip name."""
+    """What `npu-smi info` says: the driver tool's version and the chip name of each device id
+    (the id aclrtSetDevice and ais_bench's device_id take)."""
 
     version: str = "unknown"
-    names: list[str] = field(default_factory=list)  # e.g. ["310P3", "310P3"], one per NPU
+    devices: dict[int, str] = field(default_factory=dict)  # e.g. {0: "310P3", 1: "310P3"}
+
+    @property
+    def names(self) -> list[str]:
+        """The chip names in device-id order, one per device."""
+        return [self.devices[d] for d in sorted(self.devices)]
 
 
 def parse_npu_smi(text: str) -> NpuInfo:
+    """npu-smi's table: an NPU row (`<npu id> <name>`) names every chip row below it; a chip row
+    is `<chip id> <device id>` where the header says `Chip  Device` (cards of several chips:
+    Atlas 300I, 300I Duo), else `<chip id>` and the device is the NPU id (910B modules). The
+    process table below (`NPU  Chip | Process id`) is not read."""
     info = NpuInfo()
     if match := re.search(r"Version:\s*(\S+)", text):
         info.version = match.group(1)
+    npu: tuple[int, str] | None = None
+    chips_seen = 0
+
+    def close() -> None:
+        if npu is not None and chips_seen == 0:  # a table without chip rows
+            info.devices.setdefault(npu[0], npu[1])
+
     for line in text.splitlines():
         cells = line.strip().strip("|").split("|")
         first = cells[0].split()
-        # NPU rows: "<npu id> <chip name> | <health> | ..."; chip rows carry ids only
-        if len(cells) > 1 and len(first) == 2 and first[0].isdigit() and CHIP_NAME.match(first[1]):
-            info.names.append(first[1])
+        if "Process" in line:
+            break
+        if len(cells) < 2 or not first or not first[0].isdigit():
+            continue
+        if len(first) == 2 and CHIP_NAME.match(first[1]):
+            close()
+            npu, chips_seen = (int(first[0]), first[1]), 0
+        elif npu is not None and all(token.isdigit() for token in first) and len(first) <= 2:
+            device = int(first[1]) if len(first) == 2 else npu[0]
+            info.devices[device] = npu[1]
+            chips_seen += 1
+    close()
     return info
 
 
@@ -117,9 +149,31 @@ def resolve_soc_version(chip: ChipConfig) -> str:
     return f"Ascend{kinds[0]}"
 
 
-def atc_options(chip: ChipConfig) -> dict[str, str]:
-    """The options beyond the model's own: precision_mode from chip.precision, log=error, then
-    chip.atc_options (which may override those two)."""
+def precision_mode(precision: str, soc_version: str, override: str | None = None) -> str:
+    """atc's --precision_mode for chip.precision on this soc (`override`: chip.atc_options'
+    precision_mode). fp32 must mean fp32 matrix operators, or parity's fp32 tolerance would judge
+    fp16 arithmetic: refused where the chip cannot, and with a mode that computes in fp16."""
+    if precision == "fp32" and not FP32_CUBE_SOC.match(soc_version):
+        raise ConfigError(
+            f"chip.precision=fp32 on {soc_version}: its cube unit computes matrix operators "
+            "(Conv, Gemm) in fp16 only, so atc cannot keep them in float32 "
+            "(must_keep_origin_dtype); set chip.precision=fp16 (atc force_fp16; add "
+            "chip.atc_options.precision_mode=allow_fp32_to_fp16 to keep the other operators in "
+            "fp32)"
+        )
+    mode = override or PRECISION_MODES[precision]
+    if precision == "fp32" and mode not in FP32_MODES:
+        raise ConfigError(
+            f"chip.atc_options.precision_mode={mode} computes matrix operators from fp16 "
+            f"inputs, but chip.precision=fp32 (judged by parity.tolerance.fp32): remove the "
+            f"option (fp32 uses must_keep_origin_dtype) or set chip.precision=fp16"
+        )
+    return mode
+
+
+def atc_options(chip: ChipConfig, soc_version: str | None = None) -> dict[str, str]:
+    """The options beyond the model's own: precision_mode from chip.precision (see
+    precision_mode), log=error, then chip.atc_options (which may override log)."""
     for key in chip.atc_options:
         if key in MANAGED_OPTIONS:
             raise ConfigError(
@@ -128,9 +182,13 @@ def atc_options(chip: ChipConfig) -> dict[str, str]:
             )
         if not re.fullmatch(r"[a-z][a-z0-9_]*", str(key)):
             raise ConfigError(f"chip.atc_options.{key} is not an atc option name")
-    options = {"precision_mode": PRECISION_MODES[chip.precision], "log": "error"}
-    options.update({str(k): str(v).lower() if isinstance(v, bool) else str(v)
-                    for k, v in chip.atc_options.items()})
+    extra = {str(k): str(v).lower() if isinstance(v, bool) else str(v)
+             for k, v in chip.atc_options.items()}
+    soc = soc_version or chip.soc_version or "auto"
+    options = {"precision_mode": precision_mode(chip.precision, soc,
+                                                extra.pop("precision_mode", None)),
+               "log": "error"}
+    options.update(extra)
     return options
 
 
@@ -143,7 +201,7 @@ def atc_arguments(input_name: str, bs: int, height: int, width: int, chip: ChipC
                  f"--soc_version={soc_version}"]
     if chip.dynamic_batch_sizes:
         arguments.append(f"--dynamic_batch_size={','.join(map(str, chip.dynamic_batch_sizes))}")
-    arguments += [f"--{key}={value}" for key, value in atc_options(chip).items()]
+    arguments += [f"--{key}={value}" for key, value in atc_options(chip, soc_version).items()]
     return arguments
 
 

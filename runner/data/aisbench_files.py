@@ -2,8 +2,10 @@
 
 ais_bench (2022-11 on) names the output of input file `<stem>.bin` `<stem>_<output index>.<fmt>`
 (`<stem>` is the input's basename up to its first '.'), and writes:
-  TXT  the output reshaped to (-1, last dim), `np.savetxt(fmt="%f", newline=" ")`: one line,
-       every value followed by a space, no line break
+  TXT  the output reshaped to (-1, last dim), each row as `np.savetxt(np.c_[row], fmt="%f",
+       newline=" ")` then `b"\n"`: every value followed by a space, a line break after each row
+       (`save_data_to_files`, ais_bench/infer/utils.py at de5b60db, 2023-11, and
+       infer/common/utils.py at 8da7f645, 2025-12, in the tools repository)
   NPY  `np.save` of the output array, (1, classes) for one image
   BIN  the raw float32 bytes
 The guides' scripts take the image name as the file stem minus its last `_N`, parse the first line
@@ -40,7 +42,9 @@ def write_result(path: Path, logits: np.ndarray, fmt: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as stream:
         if fmt == "txt":
-            np.savetxt(stream, array.reshape(-1, array.shape[-1]), fmt="%f", newline=" ")
+            for row in array.reshape(-1, array.shape[-1]):
+                np.savetxt(stream, np.c_[row], fmt="%f", newline=" ")
+                stream.write(b"\n")
         elif fmt == "npy":
             np.save(stream, array)
         elif fmt == "bin":

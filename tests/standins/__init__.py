@@ -5,6 +5,9 @@ as executables in folders to put on PATH, the `ais_bench` and `aclruntime` packa
 to put on PYTHONPATH, a CANN toolkit folder with its version file for ASCEND_HOME_PATH. Each
 piece is in its own folder, so a test can leave any one out. Every call is logged to
 `calls.jsonl` (see atc.py, npu_smi.py, aclruntime.py and ais_bench/ beside this file).
+
+`env(generation=...)` picks which real ais_bench release the packages behave like (GENERATIONS;
+aclruntime.py and ais_bench/infer/interface.py say which real file and commit each follows).
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from typing import Any
 
 HERE = Path(__file__).parent
 CANN_VERSION = "8.0.RC1.standin"
+# the ais_bench releases the stand-ins reproduce: tools wheels built before 2024-02-01, from
+# 2024-02-01, from 2024-06-13 (path/owner/permission checks), and ait/msit's benchmark (2023-10)
+GENERATIONS = ("2023", "2024-02", "2024-06", "msit")
 
 
 def _script(source: Path, target: Path) -> None:
@@ -57,10 +63,11 @@ class AscendStandins:
     def log(self) -> Path:
         return self.root / "calls.jsonl"
 
-    def env(self, api: str = "2024", atc: bool = True, npu_smi: bool = True,
+    def env(self, generation: str = "2024-06", atc: bool = True, npu_smi: bool = True,
             ais_bench: bool = True, aclruntime: bool = True, cann: bool = True,
-            chips: str = "310P3") -> dict[str, str]:
+            chips: str = "310P3", chips_per_npu: int = 1) -> dict[str, str]:
         """Environment variables for a process that sees the chosen tools (and no others)."""
+        assert generation in GENERATIONS, generation
         path = [str(p) for p, wanted in ((self.atc_bin, atc), (self.npu_smi_bin, npu_smi))
                 if wanted]
         python_path = [str(p) for p, wanted in ((self.ais_bench_site, ais_bench),
@@ -71,8 +78,9 @@ class AscendStandins:
             "PATH": os.pathsep.join([*path, *others]),
             "PYTHONPATH": os.pathsep.join(python_path),
             "RUNNER_STANDIN_LOG": str(self.log),
-            "AIS_BENCH_STANDIN_API": api,
+            "AIS_BENCH_STANDIN_GENERATION": generation,
             "NPU_SMI_STANDIN_CHIPS": chips,
+            "NPU_SMI_STANDIN_CHIPS_PER_NPU": str(chips_per_npu),
             "ASCEND_HOME_PATH": str(self.toolkit) if cann else "",
             "ASCEND_TOOLKIT_HOME": str(self.toolkit) if cann else "",
         }

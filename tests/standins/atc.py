@@ -7,8 +7,25 @@ success it prints "ATC run success, welcome to the next use." and writes `<outpu
 error it prints atc's failure line and an E-code and exits 1. Every call is appended to
 $RUNNER_STANDIN_LOG as a JSON line.
 
-The "OM" file is one JSON header line (what atc was told) followed by the ONNX bytes, which the
+The "OM" file is one JSON header line (what atc was told) followed by ONNX bytes, which the
 stand-in aclruntime runs with ONNX Runtime: outputs are a deterministic function of the input.
+
+Numerics of `--precision_mode` (CANN's atc documentation, "--precision_mode", e.g. CANN 8.0.0
+atlasatcparam_16_0067 and CANN 6.0.1 aoepar_16_044): the ONNX graph stored in the OM is rewritten
+so that ONNX Runtime computes what the NPU's units would:
+  force_fp16, allow_mix_precision(_fp16)   every float tensor in fp16: the input, the weights and
+                                           every operator's output are rounded to fp16
+  allow_fp32_to_fp16                       matrix (cube) operators in fp16 (inputs, weights and
+                                           outputs rounded), vector operators keep fp32
+  force_fp32, cube_fp16in_fp32out          cube operators take fp16 inputs and weights and give
+                                           fp32 outputs ("fp16 in, fp32 out" is the preferred
+                                           cube implementation); vector operators keep fp32
+  must_keep_origin_dtype                   fp32 throughout; only where the cube unit has fp32
+                                           (Ascend910B1..B4, Atlas A2): on other socs atc fails,
+                                           as CANN 6.0.1's manual says it does for Conv2D
+Rounding is a Cast to float16 and back after each rounded tensor (weights are rounded in place):
+ONNX Runtime then multiplies fp16-representable values and accumulates in fp32, as the cube unit
+does (fp16 inputs, fp32 accumulation), and the next operator sees fp16-stored activations.
 """
 
 import json
@@ -17,14 +34,22 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 SOC_VERSION = re.compile(r"^Ascend(310|310P[1-7]|310B[1-4]|910A|910B|910B[1-4]|910ProB)$")
 OPTIONS = {"model", "framework", "output", "input_format", "input_shape", "soc_version",
            "dynamic_batch_size", "precision_mode", "log", "op_select_implmode", "output_type",
            "insert_op_conf", "input_fp16_nodes", "enable_small_channel", "keep_dtype"}
-PRECISION_MODES = {"force_fp32", "force_fp16", "allow_fp32_to_fp16", "must_keep_origin_dtype",
-                   "allow_mix_precision"}
+PRECISION_MODES = {"force_fp32", "cube_fp16in_fp32out", "force_fp16", "allow_fp32_to_fp16",
+                   "must_keep_origin_dtype", "allow_mix_precision", "allow_mix_precision_fp16"}
+# how each mode computes: (what is rounded to fp16, whether cube operators' outputs are rounded)
+ALL_FP16 = {"force_fp16", "allow_mix_precision", "allow_mix_precision_fp16"}
+CUBE_FP16 = {"allow_fp32_to_fp16"}  # cube inputs and outputs in fp16
+CUBE_FP16_IN = {"force_fp32", "cube_fp16in_fp32out"}  # cube inputs in fp16, outputs fp32
+CUBE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}  # matrix operators, run on the cube unit
+FP32_CUBE_SOCS = re.compile(r"^Ascend910B[1-4]$")  # Atlas A2: the cube unit has fp32
 LOG_LEVELS = {"debug", "info", "warning", "error", "null"}
 
 
@@ -43,6 +68,71 @@ def fail(code: str, message: str) -> None:
 
 def invalid(option: str, value: object, why: str = "") -> None:
     fail("E10001", f"Value [{value}] for parameter [--{option}] is invalid{why}")
+
+
+def _cast_pair(source: str, target: str) -> list:
+    """Nodes rounding the float32 tensor `source` to fp16 and back into `target`."""
+    half = f"{target}__fp16"
+    return [helper.make_node("Cast", [source], [half], to=TensorProto.FLOAT16),
+            helper.make_node("Cast", [half], [target], to=TensorProto.FLOAT)]
+
+
+def simulate_precision(model: onnx.ModelProto, mode: str) -> onnx.ModelProto:
+    """The graph rewritten to compute as `--precision_mode=mode` makes the NPU compute."""
+    if mode not in ALL_FP16 | CUBE_FP16 | CUBE_FP16_IN:
+        return model
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = model.graph
+    float_tensors = {v.name for v in [*inferred.graph.value_info, *graph.input, *graph.output]
+                     if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    initializers = {t.name: t for t in graph.initializer}
+    everything = mode in ALL_FP16
+
+    def round_weight(name: str) -> None:
+        tensor = initializers[name]
+        if tensor.data_type == TensorProto.FLOAT:
+            values = numpy_helper.to_array(tensor).astype(np.float16).astype(np.float32)
+            tensor.CopyFrom(numpy_helper.from_array(values, name))
+
+    nodes: list = []
+    copies: dict[str, str] = {}  # a float32 tensor -> its fp16-rounded copy
+
+    def rounded(name: str) -> str:
+        if name not in copies:
+            copies[name] = f"{name}__r16"
+            nodes.extend(_cast_pair(name, copies[name]))
+        return copies[name]
+
+    produced = {name for node in graph.node for name in node.output}
+    if everything:
+        for name in initializers:
+            round_weight(name)
+    for node in list(graph.node):
+        cube = node.op_type in CUBE_OPS
+        inputs = list(node.input)
+        for index, name in enumerate(inputs):
+            if not name or name in initializers:
+                if name and cube and index < 2 and not everything:
+                    round_weight(name)  # the weight; a bias stays fp32 (fp32 accumulator)
+                continue
+            if name in float_tensors and ((everything and name not in produced)
+                                          or (cube and index < 2 and not everything)):
+                inputs[index] = rounded(name)
+        del node.input[:]
+        node.input.extend(inputs)
+        outputs = list(node.output)
+        after = []
+        if everything or (cube and mode in CUBE_FP16):
+            for index, name in enumerate(outputs):
+                if name in float_tensors:  # consumers and graph outputs read the rounded value
+                    outputs[index] = f"{name}__raw"
+                    after += _cast_pair(outputs[index], name)
+        del node.output[:]
+        node.output.extend(outputs)
+        nodes += [node, *after]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model
 
 
 def main(argv: list[str]) -> None:
@@ -90,17 +180,25 @@ def main(argv: list[str]) -> None:
                  "2 to 100 distinct sizes")
     elif shape[0] == -1:
         fail("E10001", "a -1 dimension in [--input_shape] needs [--dynamic_batch_size]")
+    mode = options.get("precision_mode", "force_fp16")
+    if mode == "must_keep_origin_dtype" and not FP32_CUBE_SOCS.match(options["soc_version"]):
+        cube_ops = sorted({n.op_type for n in model.graph.node if n.op_type in CUBE_OPS})
+        if cube_ops:
+            fail("E19999", f"[--precision_mode=must_keep_origin_dtype]: operator {cube_ops[0]} "
+                 f"has no float32 implementation on {options['soc_version']} (the stand-in "
+                 "follows CANN 6.0.1's manual: must_keep_origin_dtype cannot be used then)")
     header = {
         "standin": "om",
         "soc_version": options["soc_version"],
-        "precision_mode": options.get("precision_mode", "force_fp16"),
+        "precision_mode": mode,
         "input_name": graph_input.name,
         "input_shape": shape,
         "dynamic_batch_size": sizes,
         "output_name": model.graph.output[0].name,
     }
     target = Path(options["output"] + ".om")
-    target.write_bytes(json.dumps(header).encode() + b"\n" + model_path.read_bytes())
+    converted = simulate_precision(model, mode)
+    target.write_bytes(json.dumps(header).encode() + b"\n" + converted.SerializeToString())
     print("ATC run success, welcome to the next use.")
 
 
