@@ -40,6 +40,8 @@ class StageOutput:
     info: dict[str, Any] = field(default_factory=dict)
     # content digests of artifacts, when the stage computes them (else the entry key stands in)
     digests: dict[str, str] = field(default_factory=dict)
+    # when, where and in which MLflow run it was made (set by the pipeline, runner.pipeline)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

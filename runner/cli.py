@@ -37,12 +37,20 @@ def summary_table(cfg: config.RunConfig, result: pipeline.PipelineResult) -> str
         f"  {'stage':<11}{'cache':<7}{'seconds':>9}",
     ]
     for record in result.stages:
-        lines.append(f"  {record.name:<11}{'hit' if record.entry.hit else 'miss':<7}"
-                     f"{record.seconds:>9.2f}")
+        cache = "reused" if record.reused else "hit" if record.entry.hit else "miss"
+        lines.append(f"  {record.name:<11}{cache:<7}{record.seconds:>9.2f}"
+                     + (f"  {record.reuse_note()}" if record.reused else ""))
     metrics = result.metrics
     shown = [(k, metrics[k]) for k in SUMMARY_METRICS if k in metrics]
     if shown:
         lines.append("  " + "  ".join(f"{k}={v:.2f}" for k, v in shown))
+    for record in result.stages:
+        verdict = record.entry.output.info.get("verdict")
+        if verdict:
+            reasons = "; ".join(verdict["reasons"])
+            lines.append(f"  {record.name}: Result is : {verdict['verdict']}"
+                         + (f" ({reasons})" if reasons else "")
+                         + (" [reused]" if record.reused else ""))
     return "\n".join(lines)
 
 
@@ -66,7 +74,8 @@ def run_job(cfg: DictConfig) -> dict[str, float]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     with tracking.tracked_run(run_cfg, tree, run_dir, sweep=link) as run_id:
         log.info("MLflow run %s (%s)", run_id, redact.text(run_cfg.mlflow.tracking_uri))
-        result = pipeline.run(planned, run_cfg.cache_dir, on_stage=tracking.log_stage)
+        result = pipeline.run(planned, run_cfg.cache_dir, on_stage=tracking.log_stage,
+                              run_id=run_id)
     print(summary_table(run_cfg, result))
     return result.metrics
 

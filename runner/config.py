@@ -16,15 +16,16 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from runner.errors import ConfigError
+from runner.settings import runtime_only
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # every stage, in pipeline order (runner/stages/<name>.py)
 STAGE_NAMES = ("export", "convert", "preprocess", "infer", "reference", "parity", "evaluate",
-               "benchmark", "score")
+               "benchmark", "e2e", "score")
 # what a run does when no stage preset says otherwise (`score` reads results made elsewhere)
 DEFAULT_STAGES = ("export", "convert", "preprocess", "infer", "reference", "parity", "evaluate",
-                  "benchmark")
+                  "benchmark", "e2e")
 RUNTIMES = ("onnxruntime", "torch", "ais_bench")
 PRECISIONS = ("fp32", "fp16")
 # the kinds of device each runtime can drive
@@ -331,6 +332,9 @@ class MlflowConfig:
 class CacheConfig:
     # stages to recompute even when a finished entry exists; "all" for every stage
     force: list[str] = field(default_factory=list)
+    # measurements (benchmark, e2e) are measured anew on every run; true reuses a finished one
+    # (as resuming an interrupted sweep wants), and every place the figure shows says so
+    reuse_measurements: bool = False
 
     def __post_init__(self) -> None:
         for name in self.force:
@@ -358,6 +362,20 @@ class InferConfig:
 
     def __post_init__(self) -> None:
         _check_choice("infer.result_format", self.result_format, ("none", *RESULT_FORMATS))
+
+
+@dataclass
+class E2EConfig:
+    """The end-to-end pass from the preprocessed cache (the `e2e` stage)."""
+
+    images: int | None = None  # the first N images; None: the whole dataset
+    prefetch: int = 2  # batches read and normalized ahead by the loader thread; 0: serial
+
+    def __post_init__(self) -> None:
+        if self.images is not None:
+            _check_positive("e2e.images", self.images)
+        if self.prefetch < 0:
+            raise ConfigError(f"e2e.prefetch={self.prefetch} must be >= 0")
 
 
 @dataclass
@@ -421,8 +439,15 @@ class BenchmarkConfig:
     max_spread: float = 0.10
     max_trials: int = 3
     repeats: int = 3  # timed runs after one warm-up; their spread is throughput_cv
-    # warn when, just before timing, others use more than this fraction of the device
+    # warn when, just before or while timing, others use more than this fraction of the device
+    # (a benchmark is then INVALID)
     busy_threshold: float = 0.25
+    # the largest spread of throughput across repeats (coefficient of variation) for a VALID
+    # benchmark
+    max_cv: float = 0.05
+    # true: an INVALID benchmark fails the run (default: report it); the figures are the same
+    # either way, so it is no part of the benchmark's cache key
+    require_valid: bool = runtime_only(False)
 
     def __post_init__(self) -> None:
         _check_choice("benchmark.input", self.input, ("random", "zero"))
@@ -437,6 +462,8 @@ class BenchmarkConfig:
                 f"benchmark.min_duration_s={self.min_duration_s} must be >= 0 and "
                 f"benchmark.max_duration_s={self.max_duration_s} > 0"
             )
+        if self.max_cv < 0:
+            raise ConfigError(f"benchmark.max_cv={self.max_cv} must be >= 0")
         if not 0 <= self.busy_threshold <= 1:
             raise ConfigError(
                 f"benchmark.busy_threshold={self.busy_threshold} must be a fraction in 0..1"
@@ -477,6 +504,7 @@ class RunConfig:
     preprocess: PreprocessRunConfig = field(default_factory=PreprocessRunConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    e2e: E2EConfig = field(default_factory=E2EConfig)
     parity: ParityConfig = field(default_factory=ParityConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)

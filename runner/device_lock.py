@@ -155,15 +155,53 @@ def check_busy(device_type: str, devices: list[int], threshold: float) -> BusyCh
 class GuardRecord:
     locks: list[LockRecord]
     busy: BusyCheck
+    # percent of all cores used by other processes while the guarded (timed) work ran: this
+    # process and the workers it started excluded; set when the guarded block ends
+    busy_during_pct: float | None = None
+
+    @property
+    def busy_during_warning(self) -> str | None:
+        if self.busy_during_pct is None or self.busy_during_pct <= self.busy.threshold_pct:
+            return None
+        return (f"cpu: {self.busy_during_pct:.0f}% busy with other work during timing "
+                f"(threshold {self.busy.threshold_pct:.0f}%): figures may be low")
 
     def report(self) -> dict[str, Any]:
+        warnings = [*self.busy.warnings, *filter(None, [self.busy_during_warning])]
         return {
             "locks": [asdict(lock) for lock in self.locks],
             "busy_pct": self.busy.busy_pct,
+            "busy_during_pct": self.busy_during_pct,
             "busy_threshold_pct": self.busy.threshold_pct,
             "readings": [asdict(r) for r in self.busy.readings],
-            "warnings": self.busy.warnings,
+            "warnings": warnings,
         }
+
+
+class OthersCpuMeter:
+    """Percent of all cores used by other processes between `start` and `stop`: the whole
+    machine's busy time less this process's and its finished children's (the device workers)."""
+
+    def __init__(self) -> None:
+        self._me = psutil.Process()
+        self._start = self._sample()
+
+    def _sample(self) -> tuple[float, float, float]:
+        total = psutil.cpu_times()
+        mine = self._me.cpu_times()
+        own = mine.user + mine.system + mine.children_user + mine.children_system
+        idle = total.idle + getattr(total, "iowait", 0.0)
+        everything = sum(total) - getattr(total, "guest", 0.0) - getattr(total, "guest_nice", 0.0)
+        return everything, idle, own
+
+    def stop(self) -> float:
+        end = self._sample()
+        total = end[0] - self._start[0]
+        if total <= 0:
+            return 0.0
+        busy = total - (end[1] - self._start[1])
+        others = busy - (end[2] - self._start[2])
+        return max(0.0, min(100.0, 100.0 * others / total))
 
 
 @contextmanager
@@ -178,4 +216,9 @@ def guard(cache_dir: Path, chip: str, device_type: str, devices: list[int],
         busy = check_busy(device_type, ordered, threshold)
         for warning in busy.warnings:
             log.warning("%s devices %s: %s", chip, ordered, warning)
-        yield GuardRecord(locks, busy)
+        record = GuardRecord(locks, busy)
+        meter = OthersCpuMeter()
+        yield record
+        record.busy_during_pct = meter.stop()
+        if record.busy_during_warning:
+            log.warning("%s devices %s: %s", chip, ordered, record.busy_during_warning)

@@ -43,3 +43,7 @@ class StorageError(RunnerError):
 
 class DeviceRuntimeError(RunnerError):
     """The device runtime (e.g. ais_bench on an NPU) failed to open or run the model."""
+
+
+class MeasurementError(RunnerError):
+    """A measurement does not meet the rule the run was asked to enforce (require_valid)."""

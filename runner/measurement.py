@@ -231,3 +231,48 @@ def method_description(settings: BenchmarkConfig, timed_span: str) -> dict[str, 
         "percentiles": "numpy.percentile over every timed call, linear interpolation",
         "input": f"{settings.input} tensor prepared before timing",
     }
+
+
+@dataclass
+class Verdict:
+    """MLPerf LoadGen's "Result is : VALID", for one benchmark: VALID only when every rule held."""
+
+    reasons: list[str]  # every rule that failed, in words; empty when VALID
+
+    @property
+    def valid(self) -> bool:
+        return not self.reasons
+
+    @property
+    def word(self) -> str:
+        return "VALID" if self.valid else "INVALID"
+
+    def line(self) -> str:
+        return self.word if self.valid else f"INVALID ({'; '.join(self.reasons)})"
+
+
+def judge(measurements: dict[int, Measurement], settings: BenchmarkConfig,
+          busy_before_pct: float | None, busy_during_pct: float | None) -> Verdict:
+    """The verdict on a benchmark (one measurement per device): stable windows, not capped, a
+    spread across repeats within `max_cv` (with one repeat there is none to judge), and the
+    device not busy with other work beyond `busy_threshold` before or during timing."""
+    reasons = []
+    threshold_pct = 100.0 * settings.busy_threshold
+    for device, measured in measurements.items():
+        where = f"device {device}: " if len(measurements) > 1 else ""
+        if not measured.stable:
+            reasons.append(f"{where}unstable: the last {settings.stable_windows} windows spread "
+                           f"{measured.spread:.1%} > benchmark.max_spread "
+                           f"{settings.max_spread:.0%} in {measured.trials} trials")
+        if measured.capped:
+            reasons.append(f"{where}capped: benchmark.max_duration_s={settings.max_duration_s:g} "
+                           "ended timing before min_iters and min_duration_s were reached")
+        cv = measured.throughput_cv
+        if cv is not None and not cv <= settings.max_cv:
+            reasons.append(f"{where}spread across repeats: throughput_cv {cv:.1%} > "
+                           f"benchmark.max_cv {settings.max_cv:.0%}")
+    for when, busy in (("before", busy_before_pct), ("during", busy_during_pct)):
+        if busy is not None and busy > threshold_pct:
+            reasons.append(f"device busy with other work {when} timing: {busy:.0f}% > "
+                           f"benchmark.busy_threshold {threshold_pct:.0f}%")
+    return Verdict(reasons)

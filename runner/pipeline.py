@@ -6,6 +6,11 @@ any stage runs and before an MLflow run exists. `run` then computes each stage's
 its settings, the digests of the artifacts it reads) and reuses a finished cache entry or
 computes it, so a second run at another batch size reuses export and preprocess, and a killed
 run resumes from its last finished entry.
+
+A measurement is not an artifact: a stage that `MEASURES` (benchmark, e2e) is computed anew on
+every run unless `cache.reuse_measurements=true`, and a reused one says so (`StageRecord.reused`
+with the provenance of the run that measured it). Every entry records its provenance: when,
+on which host, at which commit and in which MLflow run it was made.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from runner.cache import CacheEntry, digest_json, run_cached, source_digest
+from runner import environment
+from runner.cache import CacheEntry, StageOutput, digest_json, run_cached, source_digest
 from runner.config import RunConfig
 from runner.errors import ConfigError
 from runner.settings import key_settings
@@ -32,7 +39,11 @@ class PlannedStage:
     name: str
     module: ModuleType
     settings: Any  # the module's frozen Settings
-    force: bool  # recompute even when a finished entry exists (cache.force)
+    force: bool  # recompute even when a finished entry exists (cache.force, or a measurement)
+
+    @property
+    def measures(self) -> bool:
+        return bool(getattr(self.module, "MEASURES", False))
 
 
 @dataclass
@@ -40,6 +51,24 @@ class StageRecord:
     name: str
     entry: CacheEntry
     seconds: float
+    measures: bool = False  # its figures are measurements (benchmark, e2e)
+
+    @property
+    def reused(self) -> bool:
+        """A measurement taken by an earlier run, not now."""
+        return self.measures and self.entry.hit
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return self.entry.output.provenance
+
+    def reuse_note(self) -> str:
+        """'reused: measured <time> in run <id>' for a reused measurement, else ''."""
+        if not self.reused:
+            return ""
+        made = self.provenance
+        return (f"reused: measured {made.get('made_at', 'at an unknown time')} in run "
+                f"{made.get('run_id') or 'unknown'} on {made.get('host', 'an unknown host')}")
 
 
 @dataclass
@@ -77,6 +106,8 @@ def plan(cfg: RunConfig) -> list[PlannedStage]:
     for name in cfg.stage.stages:
         module = stage_module(name)
         force = name in cfg.cache.force or "all" in cfg.cache.force
+        if getattr(module, "MEASURES", False) and not cfg.cache.reuse_measurements:
+            force = True  # a figure is measured now, not copied from another run
         planned.append(PlannedStage(name, module, module.Settings.from_config(cfg), force))
     for stage in planned:
         check = getattr(stage.module, "check", None)
@@ -92,8 +123,16 @@ def stage_key(stage: PlannedStage, input_digests: dict[str, str]) -> str:
                         "settings": key_settings(stage.settings), "inputs": input_digests})[:24]
 
 
+def provenance(run_id: str | None) -> dict[str, Any]:
+    """Where and when an entry is made: recorded with it, shown wherever it is reused."""
+    return {"made_at": datetime.now(UTC).isoformat(timespec="seconds"), "run_id": run_id,
+            "host": environment.host_id(), "git_commit": environment.git_commit()}
+
+
 def run(planned: list[PlannedStage], cache_dir: Path,
-        on_stage: Callable[[StageRecord], None] | None = None) -> PipelineResult:
+        on_stage: Callable[[StageRecord], None] | None = None,
+        run_id: str | None = None) -> PipelineResult:
+    """The planned stages in order; `run_id` is the MLflow run they are made in, if any."""
     produced: dict[str, CacheEntry] = {}  # artifact name -> the entry holding it
     result = PipelineResult()
     for stage in planned:
@@ -102,18 +141,26 @@ def run(planned: list[PlannedStage], cache_dir: Path,
         key = stage_key(stage, {n: e.digest(n) for n, e in inputs.items()})
 
         def compute(out_dir: Path, stage: PlannedStage = stage,
-                    inputs: dict[str, CacheEntry] = inputs) -> Any:
+                    inputs: dict[str, CacheEntry] = inputs) -> StageOutput:
             paths = {n: e.artifact(n) for n, e in inputs.items()}
-            return stage.module.run(stage.settings, paths, out_dir)
+            output: StageOutput = stage.module.run(stage.settings, paths, out_dir)
+            output.provenance = provenance(run_id)
+            return output
 
         log.info("%s: key %s", stage.name, key)
         entry = run_cached(cache_dir, stage.name, key, compute, force=stage.force)
-        record = StageRecord(stage.name, entry, time.perf_counter() - started)
+        record = StageRecord(stage.name, entry, time.perf_counter() - started, stage.measures)
         log.info("%s: %s in %.2f s (%s)", stage.name, "cache hit" if entry.hit else "done",
                  record.seconds, entry.path)
+        if record.reused:
+            log.warning("%s: %s (cache.reuse_measurements=true)", stage.name,
+                        record.reuse_note())
         for artifact in stage.module.GIVES:
             produced[artifact] = entry
         result.stages.append(record)
         if on_stage is not None:
             on_stage(record)
+        accept = getattr(stage.module, "accept", None)
+        if accept is not None:  # after the output is recorded: a refusal keeps the figures
+            accept(stage.settings, entry.output)
     return result

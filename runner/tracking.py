@@ -146,6 +146,16 @@ def log_stage(record: StageRecord) -> None:
     output = record.entry.output
     mlflow.log_metrics({**output.metrics, f"time_{record.name}_s": record.seconds})
     mlflow.set_tag(f"cache.{record.name}", "hit" if record.entry.hit else "miss")
+    if record.measures:  # a reused figure names the run that measured it; a fresh one says so
+        made = record.provenance
+        mlflow.set_tags({f"{record.name}.measured_at": str(made.get("made_at", "unknown")),
+                         f"{record.name}.measured_in_run": str(made.get("run_id") or "unknown")})
+        if record.reused:
+            mlflow.set_tag(f"{record.name}.reused_from", str(made.get("run_id") or "unknown"))
+    verdict = output.info.get("verdict")
+    if verdict:
+        mlflow.set_tags({f"{record.name}.verdict": verdict["verdict"],
+                         f"{record.name}.verdict_reasons": "; ".join(verdict["reasons"])[:5000]})
     mlflow.set_tag(f"cache_key.{record.name}", record.entry.key)
     for relative in output.artifacts.values():
         path = record.entry.path / relative

@@ -134,7 +134,7 @@ def test_atc_options_and_precision(use_standins, alexnet_onnx: Path, tmp_path: P
 ])
 def test_precision_mode_per_soc(use_standins, overrides: tuple[str, ...], mode: str) -> None:
     use_standins(chips="910B2")
-    arguments = ais_bench.convert_settings(run_config(*overrides))["atc_arguments"]
+    arguments = ais_bench.convert_settings(run_config(*overrides)).atc_arguments
     assert f"--precision_mode={mode}" in arguments
 
 

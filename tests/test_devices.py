@@ -107,7 +107,7 @@ def test_two_cpu_devices_report_each_and_their_aggregate(
     for device in report["devices"]:  # the timed calls of each repeat
         assert sum(len(repeat) for repeat in device["compute_ms"]) >= 5
     assert "devices" in report["method"]
-    e2e = json.loads((artifacts / "stages" / "infer" / "e2e.json").read_text())
+    e2e = json.loads((artifacts / "stages" / "e2e" / "e2e.json").read_text())
     assert {d: times["images"] for d, times in e2e["per_device_times"].items()} == {"0": 16, "1": 8}
     assert e2e["metrics"]["e2e_images"] == 24 and e2e["metrics"]["e2e_fps_dev1"] > 0
     # the two shards, put back in order, are the exported model's logits

@@ -15,8 +15,9 @@ from tests.conftest import SAMPLE_ROOT, Workspace, needs_sample
 
 METRICS = ("top1", "top2", "top3", "top4", "top5", "throughput_fps", "latency_ms_p50",
            "latency_ms_p90", "latency_ms_p99", *(f"time_{s}_s" for s in (
-               "export", "convert", "preprocess", "infer", "evaluate", "benchmark")),
-           "wall_fps", "throughput_cv", "benchmark_stable", "e2e_fps",
+               "export", "convert", "preprocess", "infer", "reference", "parity", "evaluate",
+               "benchmark", "e2e")),
+           "wall_fps", "throughput_cv", "benchmark_stable", "benchmark_valid", "e2e_fps",
            *(f"e2e_{part}_{unit}" for part in ("read", "preprocess", "infer", "post")
              for unit in ("fps", "ms")))
 
@@ -87,14 +88,12 @@ def test_real_sample_images_end_to_end(workspace: Workspace,
     assert np.isfinite(logits).all() and logits.shape == (100, 1000)
 
 
-def test_a_failing_run_ends_failed_with_a_one_line_error(workspace: Workspace,
-                                                         tmp_path: Path) -> None:
+def test_a_bad_dataset_fails_in_one_line_before_any_run(workspace: Workspace,
+                                                        tmp_path: Path) -> None:
     result = workspace.run("model.weights=random", "stage=accuracy",
                            f"dataset.root={tmp_path / 'nowhere'}", check=False)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("runner: error:")]
     assert "nowhere/val does not exist" in line
-    (run,) = workspace.runs()
-    assert run.info.status == "FAILED"
-    assert "does not exist" in run.data.tags["error"]
+    assert workspace.runs() == []  # found before any work: no MLflow run was started

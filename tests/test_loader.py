@@ -13,14 +13,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from runner import accuracy, artifacts
+from runner import accuracy, artifacts, inference
 from runner.artifacts import PreprocessedDataset
 from runner.backends import SessionSettings, backend_for
 from runner.config import RunConfig
 from runner.data import loader
 from runner.data.transforms import normalize
 from runner.errors import RunnerError
-from runner.stages import infer, preprocess
+from runner.stages import e2e, infer, preprocess
 from tests.conftest import run_config
 
 CLASSES = 10
@@ -147,7 +147,7 @@ def test_infer_chunks_writes_one_file_per_chunk_with_the_model_logits(small,
     for prefetch in (0, 2):
         out = tmp_path / f"prefetch{prefetch}"
         (out / artifacts.LOGITS_DIR).mkdir(parents=True)
-        times = infer.infer_chunks(session, data, recipe, 4, chunks, out, prefetch=prefetch)
+        times = inference.infer_chunks(session, data, recipe, 4, chunks, out, prefetch=prefetch)
         files = sorted((out / artifacts.LOGITS_DIR).iterdir())
         assert [f.name for f in files] == [f"{s:09d}.npy" for s, _ in chunks]
         results[prefetch] = np.concatenate([np.load(f) for f in files])
@@ -158,38 +158,51 @@ def test_infer_chunks_writes_one_file_per_chunk_with_the_model_logits(small,
     np.testing.assert_allclose(results[2], reference, rtol=1e-5, atol=1e-6)
 
 
-def test_the_infer_stage_resumes_and_times_only_what_it_computes(small, tmp_path: Path) -> None:
+def test_the_infer_stage_resumes_and_claims_no_figure(small, tmp_path: Path) -> None:
     cfg, entry, model = small
     cfg.bs = 1  # chunks of 16 images: (0, 16) and (16, 20)
     inputs = {"model": model, "dataset": entry}
     out = tmp_path / "infer"
     out.mkdir()
     first = infer.run(infer.Settings.from_config(cfg), inputs, out)
-    e2e = json.loads((out / infer.E2E_FILE).read_text())
-    assert first.metrics["e2e_images"] == 20
-    assert first.metrics["e2e_fps"] == pytest.approx(20 / first.metrics["e2e_wall_s"])
-    assert e2e["metrics"] == first.metrics
-    assert e2e["device"]["locks"][0]["path"].endswith("locks/cpu-device0.lock")
-    assert set(e2e["method"]) >= {"timer", "warmup", "e2e_fps", *infer.PARTS}
-    for part in infer.PARTS:  # mean per batch of 1 image
-        assert first.metrics[f"e2e_{part}_ms"] == pytest.approx(e2e["times"][f"{part}_ms"] / 20)
+    assert first.metrics == {}  # logits are an artifact; the e2e stage measures a pass
+    assert first.info["times"]["images"] == 20
     complete = artifacts.load_logits(out / artifacts.LOGITS_INDEX)
     assert complete.shape == (20, CLASSES)
 
     (out / artifacts.logits_chunk_name(16)).unlink()  # as if killed while computing the last chunk
     resumed = infer.run(infer.Settings.from_config(cfg), inputs, out)
     assert resumed.info["resumed_chunks"] == 1 and resumed.info["computed_chunks"] == 1
-    assert resumed.metrics["e2e_images"] == 4
+    assert resumed.info["times"]["images"] == 4
     np.testing.assert_array_equal(artifacts.load_logits(out / artifacts.LOGITS_INDEX), complete)
-
-    # nothing to compute: no e2e figure is claimed
     finished = infer.run(infer.Settings.from_config(cfg), inputs, out)
     assert finished.info["computed_chunks"] == 0
-    assert "e2e_fps" not in finished.metrics
+
+
+def test_the_e2e_stage_measures_a_whole_pass_and_keeps_no_logits(small, tmp_path: Path) -> None:
+    cfg, entry, model = small
+    cfg.bs = 1
+    out = tmp_path / "e2e"
+    out.mkdir()
+    first = e2e.run(e2e.Settings.from_config(cfg), {"model": model, "dataset": entry}, out)
+    report = json.loads((out / e2e.E2E_FILE).read_text())
+    assert first.metrics["e2e_images"] == 20
+    assert first.metrics["e2e_fps"] == pytest.approx(20 / first.metrics["e2e_wall_s"])
+    assert report["metrics"] == first.metrics
+    assert report["device"]["locks"][0]["path"].endswith("locks/cpu-device0.lock")
+    assert report["device"]["busy_during_pct"] is not None
+    assert set(report["method"]) >= {"timer", "warmup", "e2e_fps", *inference.PARTS}
+    for part in inference.PARTS:  # mean per batch of 1 image
+        assert first.metrics[f"e2e_{part}_ms"] == pytest.approx(
+            report["times"][f"{part}_ms"] / 20)
+    assert sorted(p.name for p in out.iterdir()) == [e2e.E2E_FILE]  # the pass's logits dropped
+    cfg.e2e.images = 7
+    part = e2e.run(e2e.Settings.from_config(cfg), {"model": model, "dataset": entry}, out)
+    assert part.metrics["e2e_images"] == 7
 
 
 def test_part_times_metrics_are_the_old_tools_rates() -> None:
-    times = infer.PartTimes(images=100, batches=10, read_ms=50.0, preprocess_ms=100.0,
+    times = inference.PartTimes(images=100, batches=10, read_ms=50.0, preprocess_ms=100.0,
                             infer_ms=1000.0, post_ms=20.0, wall_s=1.25)
     metrics = times.metrics()
     assert metrics["e2e_fps"] == pytest.approx(80.0)
@@ -197,10 +210,10 @@ def test_part_times_metrics_are_the_old_tools_rates() -> None:
     assert metrics["e2e_read_fps"] == pytest.approx(2000.0)
     assert metrics["e2e_preprocess_ms"] == pytest.approx(10.0)  # per batch
     assert metrics["e2e_post_ms"] == pytest.approx(2.0)
-    both = infer.PartTimes.combine([times, times], wall_s=1.25)
+    both = inference.PartTimes.combine([times, times], wall_s=1.25)
     assert both.metrics()["e2e_fps"] == pytest.approx(160.0)
     assert both.metrics()["e2e_infer_fps"] == pytest.approx(100.0)
-    assert infer.PartTimes().metrics() == {}
+    assert inference.PartTimes().metrics() == {}
 
 
 def test_streamed_accuracy_equals_the_whole_array_accuracy() -> None:

@@ -10,7 +10,14 @@ import pytest
 
 from runner.config import BenchmarkConfig
 from runner.errors import ConfigError
-from runner.measurement import coefficient_of_variation, measure, window_throughputs
+from runner.measurement import (
+    Measurement,
+    TimedRun,
+    coefficient_of_variation,
+    judge,
+    measure,
+    window_throughputs,
+)
 
 MS = 1_000_000  # nanoseconds
 
@@ -203,3 +210,27 @@ def test_warmup_happens_once_before_all_repeats() -> None:
 def test_bad_settings_are_rejected_naming_the_key(key: str, value: float, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         settings(**{key: value})
+
+
+def _measurement(stable: bool = True, capped: bool = False,
+                 fps: tuple[float, ...] = (100.0, 100.0, 100.0)) -> Measurement:
+    runs = [TimedRun(batch_size=1, compute_ms=[1000.0 / f] * 10, wall_s=10 / f, trials=1,
+                     stable=stable, spread=0.02 if stable else 0.3, capped=capped) for f in fps]
+    return Measurement(batch_size=1, warmup_iters=1, warmup_s=0.1, runs=runs)
+
+
+def test_the_verdict_is_valid_only_when_every_rule_holds() -> None:
+    rules = BenchmarkConfig(max_cv=0.05, busy_threshold=0.25)
+    assert judge({0: _measurement()}, rules, 3.0, 10.0).line() == "VALID"
+    failed = judge({0: _measurement(stable=False, capped=True, fps=(100.0, 80.0, 120.0))},
+                   rules, 40.0, 30.0)
+    assert not failed.valid and failed.word == "INVALID"
+    assert [reason.split(":")[0] for reason in failed.reasons] == [
+        "unstable", "capped", "spread across repeats", "device busy with other work before "
+        "timing", "device busy with other work during timing"]
+    # one device of two breaking a rule is named
+    two = judge({0: _measurement(), 1: _measurement(capped=True)}, rules, None, None)
+    assert two.reasons == ["device 1: capped: benchmark.max_duration_s=60 ended timing before "
+                           "min_iters and min_duration_s were reached"]
+    # one repeat: no spread to judge; no reading: no busy rule broken
+    assert judge({0: _measurement(fps=(100.0,))}, rules, None, None).valid

@@ -19,7 +19,7 @@ BASE = ("model=resnet18", "model.weights=random", "dataset=synthetic", "bs=4")
 
 # override -> the stages whose key it changes (every other stage's key must stay the same)
 READS: dict[str, set[str]] = {
-    "bs=8": {"infer", "benchmark"},  # ONNX Runtime's optimized graph does not depend on bs
+    "bs=8": {"infer", "benchmark", "e2e"},  # ONNX Runtime's optimized graph does not depend on bs
     "seed=1": {"export", "preprocess", "reference", "benchmark", "score"},  # weights, data, input
     "model.opset=13": {"export"},
     "model.input_name=x": {"export"},
@@ -27,12 +27,12 @@ READS: dict[str, set[str]] = {
     "+model.arch_kwargs.num_classes=10": {"export", "reference"},
     "model.preprocess.resize=300": {"preprocess"},
     "model.preprocess.crop=200": {"export", "preprocess", "benchmark"},  # the input size
-    "model.preprocess.mean=[0.5,0.5,0.5]": {"infer", "reference"},
-    "model.preprocess.std=[0.5,0.5,0.5]": {"infer", "reference"},
+    "model.preprocess.mean=[0.5,0.5,0.5]": {"infer", "reference", "e2e"},
+    "model.preprocess.std=[0.5,0.5,0.5]": {"infer", "reference", "e2e"},
     "model.class_offset=1": {"preprocess", "parity", "evaluate", "score"},
     "model.num_classes=1001": {"preprocess", "evaluate", "score"},
-    "chip.threads=1": {"infer", "benchmark"},
-    "chip.devices=[0,1]": {"infer", "benchmark"},
+    "chip.threads=1": {"infer", "benchmark", "e2e"},
+    "chip.devices=[0,1]": {"infer", "benchmark", "e2e"},
     "preprocess.chunk_size=8": {"preprocess"},
     "infer.result_format=txt": {"infer"},
     "parity.worst=3": {"parity"},
@@ -40,6 +40,9 @@ READS: dict[str, set[str]] = {
     "parity.tolerance.fp16.max_abs_diff=0.5": set(),  # the chip runs fp32
     "benchmark.min_iters=7": {"benchmark"},
     "benchmark.input=zero": {"benchmark"},
+    "benchmark.max_cv=0.1": {"benchmark"},  # the verdict is part of the measurement
+    "e2e.images=10": {"e2e"},
+    "e2e.prefetch=0": {"e2e"},
     "dataset.limit=4": {"preprocess"},
     "dataset.on_mismatch=skip": {"preprocess", "score"},
     "dataset.synthetic.num_images=9": {"preprocess", "score"},
@@ -50,6 +53,8 @@ READS: dict[str, set[str]] = {
     "security.extra_arch_prefixes=[mypkg]": set(),
     "mlflow.experiment=other": set(),
     "cache.force=[all]": set(),
+    "cache.reuse_measurements=true": set(),
+    "benchmark.require_valid=true": set(),  # judged after the figures are recorded
 }
 
 
@@ -95,9 +100,10 @@ def test_the_torch_backend_keys_its_sessions_and_its_module(results_folder: Path
                                                            tmp_path: Path) -> None:
     base = keys(results_folder, tmp_path, "chip=torch_cpu")
     fp16 = keys(results_folder, tmp_path, "chip=torch_cpu", "chip.precision=fp16")
-    assert {n for n in STAGE_NAMES if fp16[n] != base[n]} == {"infer", "benchmark", "parity"}
+    assert {n for n in STAGE_NAMES if fp16[n] != base[n]} == {"infer", "benchmark", "e2e",
+                                                              "parity"}
     layout = keys(results_folder, tmp_path, "chip=torch_cpu", "chip.channels_last=true")
-    assert {n for n in STAGE_NAMES if layout[n] != base[n]} == {"infer", "benchmark"}
+    assert {n for n in STAGE_NAMES if layout[n] != base[n]} == {"infer", "benchmark", "e2e"}
     # the saved module is made from the model spec: it changes with the weights' seed
     seeded = keys(results_folder, tmp_path, "chip=torch_cpu", "seed=3")
     assert seeded["convert"] != base["convert"]

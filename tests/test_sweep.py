@@ -192,17 +192,21 @@ def test_a_2x2_sweep_makes_a_parent_four_children_the_table_and_plots_then_resum
     printed = first.stdout[first.stdout.index("| job | model |"):]
     assert all(run_id in printed for run_id in by_id)
 
-    # the same command again: every stage of every job comes from the cache
-    second = workspace.run(*command)
+    # the same command again, resuming: every stage of every job comes from the cache, the
+    # measurements too, as asked, each naming the run that measured it
+    second = workspace.run(*command, "cache.reuse_measurements=true")
     parents, children = _parents_and_children(workspace)
     assert len(parents) == 2 and len(children) == 8
     latest = max(parents, key=lambda r: r.info.start_time)
     again = _children_of(latest, children)
     assert len(again) == 4
     stages = len(again[0].data.tags["stages"].split(","))  # the `all` preset
+    first_ids = {c.info.run_id for c in children} - {c.info.run_id for c in again}
     for child in again:
         cache = {k: v for k, v in child.data.tags.items() if k.startswith("cache.")}
         assert len(cache) == stages and set(cache.values()) == {"hit"}
+        assert child.data.tags["benchmark.reused_from"] in first_ids
+        assert child.data.tags["e2e.reused_from"] in first_ids
     assert [row["cache"] for row in _table(client, latest)] == [f"{stages}/{stages} hit"] * 4
     assert second.stdout.count(f"{stages}/{stages} hit") == 4
 
@@ -265,13 +269,15 @@ def test_an_interrupted_sweep_reruns_only_unfinished_stages(workspace: Workspace
     assert "stopped before all its jobs ended" in stopped.data.tags["error"]
     assert [c.info.status for c in children] == ["KILLED"]
 
-    workspace.run(*command[3:-len(workspace.overrides())])
+    # resuming: the finished job's measurements are reused, as asked
+    workspace.run(*command[3:-len(workspace.overrides())], "cache.reuse_measurements=true")
     parents, children = _parents_and_children(workspace)
     rerun = _children_of(max(parents, key=lambda r: r.info.start_time), children)
     assert [c.info.status for c in rerun] == ["FINISHED", "FINISHED"]
     states = []
     for child in rerun:
-        for stage in ("export", "convert", "preprocess", "infer", "evaluate", "benchmark"):
+        for stage in ("export", "convert", "preprocess", "infer", "reference", "parity",
+                      "evaluate", "benchmark", "e2e"):
             was_finished = (stage, child.data.tags[f"cache_key.{stage}"]) in finished_before
             states.append(child.data.tags[f"cache.{stage}"])
             assert child.data.tags[f"cache.{stage}"] == ("hit" if was_finished else "miss")

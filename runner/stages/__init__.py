@@ -12,6 +12,10 @@ Every stage module defines:
   check     optional, (settings) -> None: what can fail without doing any work; every stage's
             check runs before the first stage and before an MLflow run is created
   run       (settings, inputs, out_dir) -> StageOutput, writing its files into out_dir
+  MEASURES  optional, True for a stage whose output is a measurement (benchmark, e2e): it is
+            computed anew on every run unless cache.reuse_measurements=true
+  accept    optional, (settings, output) -> None: raises to fail the run after the output is
+            recorded (benchmark.require_valid)
 
 `from_config` reads files (a label file, a checkpoint's hash) but never writes or computes
 anything: a key costs no work and has no side effects.

@@ -14,15 +14,21 @@ from runner.backends import SessionSettings, backend_code, backend_for
 from runner.cache import StageOutput, atomic_write_text
 from runner.config import BenchmarkConfig, RunConfig
 from runner.device_benchmark import BatchSpec
-from runner.measurement import method_description
+from runner.errors import MeasurementError
+from runner.measurement import judge, method_description
 from runner.settings import runtime_only
 
 NEEDS = ("model",)
 GIVES = ("benchmark_json",)
 CODE = ("runner.measurement", "runner.device_lock", "runner.device_pool",
         "runner.device_benchmark")
+MEASURES = True  # a figure: re-measured unless reuse is asked for (runner.pipeline)
 RESULT_FILE = "benchmark.json"
 TIMED_SPAN = "one synchronous session.run on a preallocated host batch (no preprocessing)"
+VERDICT_RULE = ("VALID when every repeat's windows were stable (benchmark.max_spread), no timed "
+                "run was capped (benchmark.max_duration_s), the repeats' throughput_cv is within "
+                "benchmark.max_cv, and other work used at most benchmark.busy_threshold of the "
+                "device before and during timing; INVALID otherwise, with every failed rule named")
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,14 @@ def run(settings: Settings, inputs: dict[str, Path], out_dir: Path) -> StageOutp
     metrics = device_benchmark.aggregate_metrics(results, runtime, settings.batch.bs)
     if guard.busy.busy_pct is not None:
         metrics["benchmark_device_busy_pct"] = guard.busy.busy_pct
+    if guard.busy_during_pct is not None:
+        metrics["benchmark_device_busy_during_pct"] = guard.busy_during_pct
+    if len(results) == 1:  # the spread of the repeats, for error bars
+        repeats = [run.throughput_fps for run in results[0].measurement.runs]
+        metrics["throughput_fps_min"], metrics["throughput_fps_max"] = min(repeats), max(repeats)
+    verdict = judge({r.device: r.measurement for r in results}, settings.method,
+                    guard.busy.busy_pct, guard.busy_during_pct)
+    metrics["benchmark_valid"] = float(verdict.valid)
     method = method_description(settings.method, TIMED_SPAN)
     if len(results) > 1:
         method["devices"] = device_benchmark.AGGREGATE_METHOD
@@ -80,7 +94,9 @@ def run(settings: Settings, inputs: dict[str, Path], out_dir: Path) -> StageOutp
         method[f"{runtime}_throughput_fps"] = (
             "1000 * bs / mean of the runtime's own execute times of the timed calls")
     facts = environment.ChipFacts.of_session(settings.chip, session, settings.devices)
+    method["verdict"] = VERDICT_RULE
     report: dict[str, Any] = {"metrics": metrics, "method": method,
+                              "verdict": {"verdict": verdict.word, "reasons": verdict.reasons},
                               "environment": environment.capture(facts),
                               "device_guard": guard.report()}
     if len(results) == 1:
@@ -91,8 +107,20 @@ def run(settings: Settings, inputs: dict[str, Path], out_dir: Path) -> StageOutp
     return StageOutput(
         artifacts={"benchmark_json": RESULT_FILE},
         metrics=metrics,
-        info={"method": method, "stable": all(r.measurement.stable for r in results),
+        info={"verdict": {"verdict": verdict.word, "reasons": verdict.reasons},
+              "method": method, "stable": all(r.measurement.stable for r in results),
               "trials": [r.measurement.trials for r in results],
               "capped": any(r.measurement.capped for r in results),
-              "device_warnings": guard.busy.warnings},
+              "device_warnings": guard.report()["warnings"]},
     )
+
+
+def accept(settings: Settings, output: StageOutput) -> None:
+    """After the figures are recorded: with benchmark.require_valid, an INVALID one fails the
+    run (a reused one included: its verdict travels with it)."""
+    verdict = output.info.get("verdict", {})
+    if settings.method.require_valid and verdict.get("verdict") == "INVALID":
+        raise MeasurementError(
+            f"benchmark INVALID ({'; '.join(verdict['reasons'])}) and benchmark.require_valid="
+            "true: measure on a quiet machine (or relax the rule named), figures are recorded"
+        )
