@@ -48,7 +48,7 @@ METHOD_NOTES = (
     "figure); latency_ms_p99: 99th percentile of those per-call ms; benchmark stage, after its "
     "warm-up; iterations, timer and settings are in each run's stages/benchmark/benchmark.json.",
     "e2e_fps: images / wall seconds of the e2e stage's pass over the dataset "
-    "(method in that run's infer stage).",
+    "(method in that run's e2e stage).",
     "cache: stages of the job found finished in the stage cache / stages run.",
 )
 
