@@ -105,11 +105,56 @@ def has_logits_chunk(folder: Path, start: int) -> bool:
     return (folder / logits_chunk_name(start)).is_file()
 
 
-def write_logits_index(folder: Path, chunks: list[tuple[int, int]], count: int) -> str:
-    """The index of a folder's logit chunks, written last; its name (the stage's artifact)."""
+def write_logits_index(folder: Path, chunks: list[tuple[int, int]], count: int,
+                       indices: list[int] | None = None) -> str:
+    """The index of a folder's logit chunks, written last; its name (the stage's artifact).
+    `indices`: the dataset images the rows are of, where they are a sample (else 0..count-1)."""
     files = [logits_chunk_name(start) for start, _ in chunks]
-    atomic_write_text(folder / LOGITS_INDEX, json.dumps({"files": files, "count": count}))
+    index: dict[str, Any] = {"files": files, "count": count}
+    if indices is not None:
+        index["indices"] = indices
+    atomic_write_text(folder / LOGITS_INDEX, json.dumps(index))
     return LOGITS_INDEX
+
+
+def logits_indices(index_path: Path) -> np.ndarray | None:
+    """The dataset images an index's rows are of, where they are a sample; None: all, in order."""
+    indices = json.loads(index_path.read_text()).get("indices")
+    return None if indices is None else np.asarray(indices, dtype=np.int64)
+
+
+class LogitsRows:
+    """Rows of an index's logits by dataset image, asked for in increasing order: one chunk in
+    memory at a time, so reading a whole dataset's worth keeps memory flat."""
+
+    def __init__(self, index_path: Path) -> None:
+        index = json.loads(index_path.read_text())
+        self._folder = index_path.parent
+        self._files: list[str] = index["files"]
+        self._count: int = index["count"]
+        self._position = -1  # the chunk in memory
+        self._chunk: np.ndarray | None = None
+        self._start = 0  # its first row's image
+        self._next_start = 0
+
+    def _load_next(self) -> None:
+        self._position += 1
+        if self._position >= len(self._files):
+            raise RunnerError(f"{self._folder / LOGITS_INDEX}: the logit files end before "
+                              f"{self._count} rows; recompute that stage with cache.force")
+        self._start = self._next_start
+        self._chunk = np.load(self._folder / self._files[self._position])
+        self._next_start = self._start + len(self._chunk)
+
+    def take(self, images: np.ndarray) -> np.ndarray:
+        """The rows of `images` (sorted, each at least the last one asked for)."""
+        out = []
+        for image in images:
+            while self._chunk is None or image >= self._next_start:
+                self._load_next()
+            assert self._chunk is not None
+            out.append(self._chunk[int(image) - self._start])
+        return np.stack(out) if out else np.empty((0, 0), dtype=np.float32)
 
 
 def iter_logits(index_path: Path) -> Iterator[np.ndarray]:

@@ -44,6 +44,10 @@ def summary_table(cfg: config.RunConfig, result: pipeline.PipelineResult) -> str
     shown = [(k, metrics[k]) for k in SUMMARY_METRICS if k in metrics]
     if shown:
         lines.append("  " + "  ".join(f"{k}={v:.2f}" for k, v in shown))
+    coverage = metrics.get("parity_coverage")
+    if coverage is not None and coverage < 1:
+        lines.append(f"  parity: a sample of {metrics['parity_images']:.0f} images "
+                     f"({coverage:.1%} of the dataset, parity.sample)")
     for record in result.stages:
         verdict = record.entry.output.info.get("verdict")
         if verdict:

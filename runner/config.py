@@ -406,11 +406,18 @@ class ParityTolerances:
 class ParityConfig:
     tolerance: ParityTolerances = field(default_factory=ParityTolerances)
     worst: int = 5  # images named in the report and in the error message
+    # compare a seeded sample of N images (PyTorch runs on those only); None: every image.
+    # For a 50,000-image run on a host without a GPU, e.g. parity.sample=5000
+    sample: int | None = None
+    device: str = "auto"  # the PyTorch reference's: auto (cuda where torch sees one) | cpu | cuda
 
     def __post_init__(self) -> None:
         for precision in PRECISIONS:
             getattr(self.tolerance, precision).check(f"parity.tolerance.{precision}")
         _check_positive("parity.worst", self.worst)
+        if self.sample is not None:
+            _check_positive("parity.sample", self.sample)
+        _check_choice("parity.device", self.device, ("auto", "cpu", "cuda"))
 
 
 @dataclass

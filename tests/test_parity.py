@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from runner.artifacts import LOGITS_INDEX
+from runner import artifacts
+from runner.artifacts import LOGITS_INDEX, PreprocessedDataset
 from runner.backends import onnxruntime as ort_backend
 from runner.config import ParityTolerance, RunConfig
 from runner.errors import ConfigError, ParityError
@@ -136,3 +137,27 @@ def test_tolerances_are_configurable_and_checked() -> None:
         run_config("parity.tolerance.fp32.min_top1_agreement=2")
     with pytest.raises(ConfigError, match=r"parity\.tolerance\.fp16\.max_abs_diff=-1\.0 must"):
         run_config("parity.tolerance.fp16.max_abs_diff=-1")
+
+
+def test_a_sample_is_compared_row_for_row_and_says_so(generated_images: Path,
+                                                      tmp_path: Path) -> None:
+    cfg = run_config("model=alexnet", "model.weights=random", "dataset=imagenet",
+                     f"dataset.root={generated_images}", f"paths.cache_dir={tmp_path / 'cache'}",
+                     "bs=1", "preprocess.workers=1", "parity.sample=6")
+    # bs=1: the converted logits come in chunks of 16 images, read across by the comparison
+    paths = _pipeline(cfg, tmp_path / "run", export_seed=cfg.seed)
+    sampled = artifacts.logits_indices(paths["reference_logits"])
+    assert sampled is not None and len(sampled) == 6 and list(sampled) == sorted(sampled)
+    (tmp_path / "out").mkdir()
+    output = parity.run(parity.Settings.from_config(cfg), paths, tmp_path / "out")
+    assert output.metrics["parity_images"] == 6
+    assert output.metrics["parity_coverage"] == pytest.approx(6 / 20)
+    assert output.info["covered"] == "6 of 20 images"
+    # the same numbers as comparing those rows of the whole arrays at once
+    data = PreprocessedDataset(paths["dataset"])
+    whole = parity.compare(artifacts.load_logits(paths["reference_logits"]),
+                           artifacts.load_logits(paths["logits"])[sampled],
+                           data.labels[sampled], 0, [data.names[i] for i in sampled], 5)
+    for key, value in whole["metrics"].items():
+        if key != "parity_coverage":
+            assert output.metrics[key] == pytest.approx(value, rel=1e-12), key

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from runner.accuracy import topk_accuracy
-from runner.artifacts import PreprocessedDataset, load_logits
+from runner.accuracy import TOPK, topk_hits
+from runner.artifacts import LogitsRows, PreprocessedDataset, iter_logits, logits_indices
 from runner.cache import StageOutput, atomic_write_text
 from runner.config import ParityTolerance, RunConfig
 from runner.errors import ParityError
@@ -45,33 +45,89 @@ class Settings:
                    cfg.parity.worst)
 
 
+class Tally:
+    """The comparison, accumulated block by block: memory of one block whatever the dataset."""
+
+    def __init__(self, class_offset: int, worst: int) -> None:
+        self.class_offset, self.worst = class_offset, worst
+        self.images = 0
+        self.max_abs = 0.0
+        self.sum_abs = 0.0
+        self.elements = 0
+        self.agree = 0
+        self.reference_hits = np.zeros(TOPK, dtype=np.int64)
+        self.converted_hits = np.zeros(TOPK, dtype=np.int64)
+        self.candidates: list[tuple[bool, float, str, int, int]] = []
+
+    def add(self, reference: np.ndarray, converted: np.ndarray, labels: np.ndarray,
+            names: list[str]) -> None:
+        diff = np.abs(converted.astype(np.float64) - reference.astype(np.float64))
+        per_image = diff.max(axis=1)
+        self.max_abs = float(np.max([self.max_abs, diff.max()]))  # NaN wins, as it should
+        self.sum_abs += float(diff.sum())
+        self.elements += diff.size
+        ref_top1, conv_top1 = reference.argmax(axis=1), converted.argmax(axis=1)
+        agree = ref_top1 == conv_top1
+        self.agree += int(agree.sum())
+        self.images += len(labels)
+        self.reference_hits += topk_hits(reference, labels, self.class_offset)
+        self.converted_hits += topk_hits(converted, labels, self.class_offset)
+        # disagreeing images first, then the largest difference (NaN counts as the largest)
+        largest = np.nan_to_num(per_image, nan=np.inf)
+        for i in np.lexsort((-largest, agree))[: self.worst]:
+            self.candidates.append((bool(agree[i]), -float(largest[i]), names[i],
+                                    int(ref_top1[i]), int(conv_top1[i])))
+        self.candidates = sorted(self.candidates, key=lambda c: (c[0], c[1]))[: self.worst]
+
+    def result(self, dataset_images: int) -> dict[str, Any]:
+        ref_acc = [100.0 * h / self.images for h in self.reference_hits]
+        conv_acc = [100.0 * h / self.images for h in self.converted_hits]
+        metrics = {
+            "parity_max_abs_diff": self.max_abs,
+            "parity_mean_abs_diff": self.sum_abs / self.elements,
+            "parity_top1_agreement": self.agree / self.images,
+            "parity_top1_delta": conv_acc[0] - ref_acc[0],
+            "parity_top5_delta": conv_acc[4] - ref_acc[4],
+            "parity_reference_top1": ref_acc[0],
+            "parity_reference_top5": ref_acc[4],
+            "parity_images": float(self.images),
+            "parity_coverage": self.images / dataset_images,
+        }
+        worst_images = [{"image": name, "max_abs_diff": -negative, "reference_top1": ref,
+                         "converted_top1": conv}
+                        for _, negative, name, ref, conv in self.candidates]
+        return {"metrics": metrics, "worst_images": worst_images,
+                "disagreeing_images": self.images - self.agree, "num_images": self.images}
+
+
 def compare(reference: np.ndarray, converted: np.ndarray, labels: np.ndarray, class_offset: int,
             names: list[str], worst: int) -> dict[str, Any]:
     """Per-image comparison of two (N, classes) logit arrays; the metrics and the worst images."""
-    diff = np.abs(converted.astype(np.float64) - reference.astype(np.float64))
-    per_image = diff.max(axis=1)
-    ref_top1, conv_top1 = reference.argmax(axis=1), converted.argmax(axis=1)
-    agree = ref_top1 == conv_top1
-    ref_acc = topk_accuracy(reference, labels, class_offset)
-    conv_acc = topk_accuracy(converted, labels, class_offset)
-    metrics = {
-        "parity_max_abs_diff": float(diff.max()),
-        "parity_mean_abs_diff": float(diff.mean()),
-        "parity_top1_agreement": float(agree.mean()),
-        "parity_top1_delta": conv_acc[0] - ref_acc[0],
-        "parity_top5_delta": conv_acc[4] - ref_acc[4],
-        "parity_reference_top1": ref_acc[0],
-        "parity_reference_top5": ref_acc[4],
-    }
-    # disagreeing images first, then the largest difference (NaN counts as the largest)
-    order = np.lexsort((-np.nan_to_num(per_image, nan=np.inf), agree))[:worst]
-    worst_images = [
-        {"image": names[i], "max_abs_diff": float(per_image[i]),
-         "reference_top1": int(ref_top1[i]), "converted_top1": int(conv_top1[i])}
-        for i in order
-    ]
-    return {"metrics": metrics, "worst_images": worst_images,
-            "disagreeing_images": int((~agree).sum()), "num_images": len(names)}
+    tally = Tally(class_offset, worst)
+    tally.add(reference, converted, labels, names)
+    return tally.result(len(labels))
+
+
+def compare_entries(reference_index: Path, converted_index: Path, data: PreprocessedDataset,
+                    class_offset: int, worst: int) -> dict[str, Any]:
+    """The comparison of two logit entries, one reference chunk at a time (the reference may
+    cover a sample of the images: the converted rows of those images are taken)."""
+    sampled = logits_indices(reference_index)
+    converted = LogitsRows(converted_index)
+    tally = Tally(class_offset, worst)
+    row = 0
+    for reference in iter_logits(reference_index):
+        images = (np.arange(row, row + len(reference)) if sampled is None
+                  else sampled[row : row + len(reference)])
+        theirs = converted.take(images)
+        if theirs.shape != reference.shape:
+            raise ParityError(
+                f"parity: PyTorch gives logits of {reference.shape[1]} classes, the converted "
+                f"model {theirs.shape[1]}: the converted model is not the exported one"
+            )
+        tally.add(reference, theirs, data.labels[images], [data.names[i] for i in images])
+        row += len(reference)
+    return tally.result(len(data))
 
 
 def breaches(metrics: dict[str, float], tolerance: ParityTolerance) -> list[str]:
@@ -91,18 +147,12 @@ def breaches(metrics: dict[str, float], tolerance: ParityTolerance) -> list[str]
 
 
 def run(settings: Settings, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
-    converted = load_logits(inputs["logits"])
-    reference = load_logits(inputs["reference_logits"])
     data = PreprocessedDataset(inputs["dataset"])
-    if reference.shape != converted.shape:
-        raise ParityError(
-            f"parity: PyTorch gives logits of shape {reference.shape}, the converted model "
-            f"{converted.shape}: the converted model is not the exported one"
-        )
     precision = settings.precision
     tolerance = settings.tolerance
-    result = compare(reference, converted, data.labels, settings.class_offset, data.names,
-                     settings.worst)
+    result = compare_entries(inputs["reference_logits"], inputs["logits"], data,
+                             settings.class_offset, settings.worst)
+    covered = f"{result['num_images']} of {len(data)} images"
     found = breaches(result["metrics"], tolerance)
     report = {
         **result,
@@ -110,8 +160,10 @@ def run(settings: Settings, inputs: dict[str, Path], out_dir: Path) -> StageOutp
         "tolerance": asdict(tolerance),
         "passed": not found,
         "breaches": found,
-        "method": "PyTorch (eval, no_grad, batch 16) and the converted model (infer stage) on the "
-                  "same normalized uint8 crops; differences in float64",
+        "method": "PyTorch (eval, no_grad, batch 16; the reference stage) and the converted model "
+                  "(infer stage) on the same normalized uint8 crops; differences in float64; "
+                  f"{covered}" + (" (a seeded sample: parity.sample)"
+                                  if result["num_images"] < len(data) else ""),
     }
     atomic_write_text(out_dir / REPORT, json.dumps(report, indent=2))
     metrics = result["metrics"]
@@ -133,5 +185,5 @@ def run(settings: Settings, inputs: dict[str, Path], out_dir: Path) -> StageOutp
         artifacts={"parity_json": REPORT},
         metrics=result["metrics"],
         info={"precision": precision, "tolerance": asdict(tolerance),
-              "disagreeing_images": result["disagreeing_images"]},
+              "disagreeing_images": result["disagreeing_images"], "covered": covered},
     )
