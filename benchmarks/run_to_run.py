@@ -12,6 +12,7 @@ Two figures, one after the other in one invocation:
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def main() -> None:
         "CV = sample standard deviation / mean; timer time.perf_counter_ns around session.run",
     ])
     print(f"{'model':<12}{'bs':>4}{'fps (mean)':>12}{'CV across runs':>16}{'CV within a run':>17}"
-          "  verdict (both)")
+          f"{'load':>6}  verdict (both)")
     for model in models:
         for bs in args.bs:
             settings = [*common.base_overrides(model, bs, args), "benchmark.warmup_iters=10",
@@ -48,16 +49,19 @@ def main() -> None:
             across = []
             for _ in range(args.repeats):
                 with tempfile.TemporaryDirectory() as scratch:
-                    output = benchmark.run(single, paths, Path(scratch))
+                    output = benchmark.run(benchmark.Settings.from_config(single), paths,
+                                           Path(scratch))
                     across.append(output.metrics["throughput_fps"])
             repeated = common.run_config(*settings, f"benchmark.repeats={args.repeats}")
             with tempfile.TemporaryDirectory() as scratch:
-                within = benchmark.run(repeated, paths, Path(scratch)).metrics["throughput_cv"]
+                within = benchmark.run(benchmark.Settings.from_config(repeated), paths,
+                                       Path(scratch)).metrics["throughput_cv"]
             cv_across = coefficient_of_variation(across)
             assert cv_across is not None, "needs --repeats >= 2"
             worst = max(cv_across, within)
             print(f"{model:<12}{bs:>4}{common.mean(across):>12.1f}{cv_across:>16.2%}"
-                  f"{within:>17.2%}  {common.verdict(worst, TARGET, higher_is_better=False)}")
+                  f"{within:>17.2%}{os.getloadavg()[0]:>6.2f}  "
+                  f"{common.verdict(worst, TARGET, higher_is_better=False)}")
 
 
 if __name__ == "__main__":
