@@ -2,8 +2,8 @@
 
 Each size is one `python -m runner` command (the CLI as a user runs it) on its own synthetic
 dataset, in a fresh stage cache, watched from outside: the peak of the whole process tree's
-resident memory (the CLI and its decode workers; RSS counts file-backed pages, so memory-mapped
-reads are in it), sampled every 0.2 s; each stage's seconds from the run's MLflow metrics; the
+proportional resident memory (PSS of the CLI and its decode workers: file-backed pages count, so
+memory-mapped reads are in it; shared pages are not counted twice), sampled every 0.2 s; each stage's seconds from the run's MLflow metrics; the
 cache's bytes per stage. Printed with the ratio of the two sizes and the load average.
 
     python -m benchmarks.full_size --sizes 5000 50000 --model alexnet --bs 64 [--parity-sample N]
@@ -31,11 +31,14 @@ from runner.data import synthetic
 STAGES = ("export", "convert", "preprocess", "infer", "reference", "parity", "evaluate")
 
 
-def tree_rss_bytes(root: psutil.Process) -> int:
+def tree_pss_bytes(root: psutil.Process) -> int:
+    """The process tree's memory: each process's PSS (its resident pages, a page shared by k
+    processes counted 1/k in each, file-backed ones included), so forked decode workers sharing
+    the parent's pages are not counted twice as summed RSS would."""
     total = 0
     for process in [root, *root.children(recursive=True)]:
         try:
-            total += process.memory_info().rss
+            total += process.memory_full_info().pss
         except psutil.Error:
             continue
     return total
@@ -70,7 +73,7 @@ def run_size(images: int, args: argparse.Namespace, work: Path) -> dict[str, flo
     def watch() -> None:
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, tree_rss_bytes(watched))
+            peak = max(peak, tree_pss_bytes(watched))
             time.sleep(0.2)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -107,7 +110,7 @@ def main() -> None:
         f"model {args.model} (random weights), bs {args.bs}, chip cpu, parity.sample "
         f"{args.parity_sample or 'all'}; one CLI command per size, fresh cache "
         "(images generated before, not timed)",
-        "peak RSS: the process tree's summed RSS (file-backed pages included), every 0.2 s; "
+        "peak memory: the process tree's summed PSS (file-backed pages included), every 0.2 s; "
         "stage seconds: the run's time_<stage>_s",
     ])
     rows = []
@@ -117,7 +120,7 @@ def main() -> None:
             work.mkdir()
             rows.append(run_size(size, args, work))
             row = rows[-1]
-            print(f"N={size}: wall {row['wall_s']:.0f} s, peak RSS {row['peak_rss_mb']:.0f} MB, "
+            print(f"N={size}: wall {row['wall_s']:.0f} s, peak PSS {row['peak_rss_mb']:.0f} MB, "
                   f"load {row['load']:.2f}", flush=True)
     small, large = rows
     ratio_images = args.sizes[1] / args.sizes[0]
@@ -129,7 +132,7 @@ def main() -> None:
         print(f"{stage:<11}{small[f'{stage}_s']:>10.1f}{large[f'{stage}_s']:>11.1f}"
               f"{rate:>13.1f}{per_image:>12.2f}{large[f'{stage}_mb']:>12.1f}")
     rss_ratio = large["peak_rss_mb"] / small["peak_rss_mb"]
-    print(f"peak RSS {small['peak_rss_mb']:.0f} -> {large['peak_rss_mb']:.0f} MB: ratio "
+    print(f"peak PSS {small['peak_rss_mb']:.0f} -> {large['peak_rss_mb']:.0f} MB: ratio "
           f"{rss_ratio:.3f}, {common.verdict(rss_ratio, 1.10, higher_is_better=False)}")
     print(f"wall {small['wall_s']:.0f} -> {large['wall_s']:.0f} s: ratio "
           f"{large['wall_s'] / small['wall_s']:.2f} for {ratio_images:.0f}x the images "
