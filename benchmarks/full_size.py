@@ -3,12 +3,13 @@
 Each size is one `python -m runner` command (the CLI as a user runs it) on its own synthetic
 dataset, in a fresh stage cache, watched from outside: the peak of the whole process tree's
 proportional resident memory (PSS of the CLI and its decode workers: file-backed pages count, so
-memory-mapped reads are in it; shared pages are not counted twice), sampled every 0.2 s; each stage's seconds from the run's MLflow metrics; the
-cache's bytes per stage. Printed with the ratio of the two sizes and the load average.
+memory-mapped reads are in it; shared pages are not counted twice), sampled every 0.2 s; each
+stage's seconds from the run's MLflow metrics; the cache's bytes per stage. Printed with the
+ratio of the two sizes and the load average.
 
     python -m benchmarks.full_size --sizes 5000 50000 --model alexnet --bs 64 [--parity-sample N]
 
-The goal: peak RSS flat in N (large / small <= 1.10) and time linear (per image alike).
+The goal: peak memory flat in N (large / small <= 1.10) and time linear (per image alike).
 """
 
 from __future__ import annotations
