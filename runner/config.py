@@ -402,9 +402,10 @@ class ParityTolerance:
 class ParityTolerances:
     fp32: ParityTolerance = field(default_factory=lambda: ParityTolerance(1e-3, 0.999, 0.1))
     fp16: ParityTolerance = field(default_factory=lambda: ParityTolerance(0.1, 0.99, 0.5))
-    # bf16 keeps 8 significant bits to fp16's 11: about 8x fp16's rounding error per operation
-    # (measured with chip=torch_cpu, see README "NVIDIA GPUs")
-    bf16: ParityTolerance = field(default_factory=lambda: ParityTolerance(0.5, 0.98, 1.0))
+    # bf16 keeps 8 significant bits to fp16's 11: 8x fp16's rounding error, so 8x fp16's
+    # max_abs_diff (measured bf16/fp16 ratios 2.7-8.7 with chip=torch_cpu: README "NVIDIA GPUs")
+    # and a looser top-1 agreement for the near ties it flips
+    bf16: ParityTolerance = field(default_factory=lambda: ParityTolerance(0.8, 0.98, 1.0))
 
 
 @dataclass

@@ -79,7 +79,8 @@ def test_cli_help_lists_the_groups() -> None:
     for line in ("model: alexnet, efficientnet_b0, inceptionv4, mobilenet_v3_large, resnet18, "
                  "resnet50",
                  "stage: accuracy, all, performance, score",
-                 "chip: ascend310, ascend310p3, ascend910b, cpu, cuda, cuda_ort, torch_cpu"):
+                 "chip: ascend310, ascend310p3, ascend910b, cpu, cuda, cuda_ort, tensorrt_ort, "
+                 "torch_cpu"):
         assert line in result.stdout
 
 
