@@ -111,6 +111,21 @@ AGGREGATE_METHOD = {
 }
 PER_DEVICE_METRICS = ("throughput_fps", "wall_fps", "latency_ms_p50", "latency_ms_p99",
                       "benchmark_stable")
+# one-off costs a session reports in its facts (torch.compile, CUDA graph capture): made before
+# the timed calls, so logged apart from them (with several devices: the slowest device's)
+SESSION_METRICS = ("compile_s", "graph_capture_s")
+
+
+def session_metrics(results: list[DeviceBenchmark]) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for key in SESSION_METRICS:
+        values = {r.device: r.session[key] for r in results
+                  if isinstance(r.session.get(key), int | float)}
+        if values:
+            metrics[key] = float(max(values.values()))
+            if len(results) > 1:
+                metrics.update({f"{key}_dev{d}": float(v) for d, v in values.items()})
+    return metrics
 
 
 def aggregate_metrics(results: list[DeviceBenchmark], runtime: str, bs: int) -> dict[str, float]:
@@ -118,7 +133,8 @@ def aggregate_metrics(results: list[DeviceBenchmark], runtime: str, bs: int) -> 
     as one device's) plus each device's under `<metric>_dev<id>`."""
     if len(results) == 1:
         (only,) = results
-        return {**only.measurement.metrics(), **own_metrics(only, runtime, bs)}
+        return {**only.measurement.metrics(), **own_metrics(only, runtime, bs),
+                **session_metrics(results)}
     metrics: dict[str, float] = {}
     for result in results:
         own = own_metrics(result, runtime, bs)
@@ -148,6 +164,7 @@ def aggregate_metrics(results: list[DeviceBenchmark], runtime: str, bs: int) -> 
         "benchmark_devices": float(len(results)),
         "benchmark_overlap": min(share_under_full_load(r) for r in results),
     })
+    metrics.update(session_metrics(results))
     if all(f"{runtime}_throughput_fps_dev{r.device}" in metrics for r in results):
         metrics[f"{runtime}_throughput_fps"] = sum(
             metrics[f"{runtime}_throughput_fps_dev{r.device}"] for r in results)

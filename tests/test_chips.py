@@ -11,6 +11,7 @@ from tests.conftest import run_config
 CHIPS = {  # entry: (runtime, device_type, soc_version)
     "cpu": ("onnxruntime", "cpu", None),
     "cuda_ort": ("onnxruntime", "cuda", None),
+    "tensorrt_ort": ("onnxruntime", "cuda", None),
     "torch_cpu": ("torch", "cpu", None),
     "cuda": ("torch", "cuda", None),
     "ascend310": ("ais_bench", "npu", "Ascend310"),
@@ -36,6 +37,14 @@ def test_every_chip_entry_composes(name: str) -> None:
     (("chip=ascend310", "chip.dynamic_batch_sizes=[4,4,8]"), r"must be 2 to 100 distinct"),
     (("chip=cpu", "chip.devices=[0,0]"), r"^chip.devices=\[0, 0\] must be distinct ids"),
     (("chip=cpu", "chip.devices=[]"), r"^chip.devices is empty"),
+    (("chip=ascend310p3", "chip.precision=bf16"), r"^chip.precision=bf16 is not supported by "
+                                                  r"runtime ais_bench .*use chip.precision=fp16"),
+    (("chip=cpu", "chip.compile=true"), r"^chip.compile=true is torch.compile, for runtime torch"),
+    (("chip=torch_cpu", "chip.cuda_graphs=true"),
+     r"^chip.cuda_graphs=true .* needs runtime torch on device_type cuda \(chip=cuda\), not "
+     r"torch on cpu"),
+    (("chip=cuda_ort", "chip.cuda_graphs=true"), r"^chip.cuda_graphs=true .*not onnxruntime on"),
+    (("chip=cuda", "chip.precision=fp8"), r"^chip.precision='fp8' is not one of fp32, fp16, bf16"),
 ])
 def test_impossible_chip_settings_name_the_key(overrides: tuple[str, ...], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

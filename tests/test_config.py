@@ -20,7 +20,7 @@ def test_defaults_compose_into_a_valid_run() -> None:
         "alexnet", "imagenet", "cpu", "all")
     assert cfg.bs == 16
     assert cfg.stage.stages == ["export", "convert", "preprocess", "infer", "reference", "parity",
-                                "evaluate", "benchmark"]
+                                "evaluate", "benchmark", "e2e"]
     assert cfg.mlflow.tracking_uri == f"sqlite:///{PROJECT_ROOT}/mlflow.db"
     assert cfg.mlflow.artifact_location == f"{PROJECT_ROOT}/mlruns"
 
@@ -79,7 +79,8 @@ def test_cli_help_lists_the_groups() -> None:
     for line in ("model: alexnet, efficientnet_b0, inceptionv4, mobilenet_v3_large, resnet18, "
                  "resnet50",
                  "stage: accuracy, all, performance, score",
-                 "chip: ascend310, ascend310p3, ascend910b, cpu, cuda, cuda_ort, torch_cpu"):
+                 "chip: ascend310, ascend310p3, ascend910b, cpu, cuda, cuda_ort, tensorrt_ort, "
+                 "torch_cpu"):
         assert line in result.stdout
 
 

@@ -83,6 +83,22 @@ def test_aggregate_sums_devices_measured_together() -> None:
     assert "benchmark_devices" not in single
 
 
+def test_one_off_session_costs_are_metrics_apart_from_the_timed_calls() -> None:
+    # torch.compile's and the CUDA graph capture's seconds, as a TorchSession reports them
+    first = _device_result(0, [10.0] * 10, end_s=101.0, busy_s=(99.5, 101.6))
+    second = _device_result(1, [10.0] * 10, end_s=101.0, busy_s=(99.5, 101.6))
+    first.session.update(compile_s=12.5, graph_capture_s=0.25)
+    second.session.update(compile_s=14.0, graph_capture_s=0.5)
+    single = device_benchmark.aggregate_metrics([first], "torch", bs=4)
+    assert (single["compile_s"], single["graph_capture_s"]) == (12.5, 0.25)
+    assert single["latency_ms_mean"] == pytest.approx(10.0)  # not in the timed calls
+    both = device_benchmark.aggregate_metrics([first, second], "torch", bs=4)
+    assert (both["compile_s"], both["compile_s_dev0"], both["compile_s_dev1"]) == (14.0, 12.5, 14.0)
+    plain = device_benchmark.aggregate_metrics([_device_result(0, [10.0], 101.0, (99.5, 101.6))],
+                                               "onnxruntime", bs=4)
+    assert "compile_s" not in plain and "graph_capture_s" not in plain
+
+
 @pytest.mark.slow
 def test_two_cpu_devices_report_each_and_their_aggregate(
         workspace: Workspace, fast_benchmark: tuple[str, ...]) -> None:

@@ -38,6 +38,7 @@ READS: dict[str, set[str]] = {
     "parity.worst=3": {"parity"},
     "parity.tolerance.fp32.max_abs_diff=0.01": {"parity"},
     "parity.tolerance.fp16.max_abs_diff=0.5": set(),  # the chip runs fp32
+    "parity.tolerance.bf16.max_abs_diff=0.9": set(),
     "benchmark.min_iters=7": {"benchmark"},
     "benchmark.input=zero": {"benchmark"},
     "benchmark.max_cv=0.1": {"benchmark"},  # the verdict is part of the measurement
@@ -100,15 +101,36 @@ def test_the_torch_backend_keys_its_sessions_and_its_module(results_folder: Path
                                                            tmp_path: Path) -> None:
     base = keys(results_folder, tmp_path, "chip=torch_cpu")
     fp16 = keys(results_folder, tmp_path, "chip=torch_cpu", "chip.precision=fp16")
-    assert {n for n in STAGE_NAMES if fp16[n] != base[n]} == {"infer", "benchmark", "e2e",
-                                                              "parity"}
-    layout = keys(results_folder, tmp_path, "chip=torch_cpu", "chip.channels_last=true")
-    assert {n for n in STAGE_NAMES if layout[n] != base[n]} == {"infer", "benchmark", "e2e"}
+    sessions = {"infer", "benchmark", "e2e"}  # the stages that open sessions
+    assert {n for n in STAGE_NAMES if fp16[n] != base[n]} == {*sessions, "parity"}
+    bf16 = keys(results_folder, tmp_path, "chip=torch_cpu", "chip.precision=bf16")
+    assert {n for n in STAGE_NAMES if bf16[n] != base[n]} == {*sessions, "parity"}
+    assert bf16["parity"] != fp16["parity"]  # its own tolerance
+    looser = keys(results_folder, tmp_path, "chip=torch_cpu", "chip.precision=bf16",
+                  "parity.tolerance.bf16.max_abs_diff=0.9")
+    assert {n for n in STAGE_NAMES if looser[n] != bf16[n]} == {"parity"}
+    for option in ("chip.channels_last=true", "chip.compile=true"):
+        changed = keys(results_folder, tmp_path, "chip=torch_cpu", option)
+        assert {n for n in STAGE_NAMES if changed[n] != base[n]} == sessions
     # the saved module is made from the model spec: it changes with the weights' seed
     seeded = keys(results_folder, tmp_path, "chip=torch_cpu", "seed=3")
     assert seeded["convert"] != base["convert"]
     cpu = keys(results_folder, tmp_path)
     assert cpu["convert"] != base["convert"] and cpu["infer"] != base["infer"]
+
+
+def test_cuda_options_reach_the_sessions_only(results_folder: Path, tmp_path: Path) -> None:
+    # computing keys needs no GPU: chip=cuda's settings are values like any other
+    base = keys(results_folder, tmp_path, "chip=cuda")
+    for options in (("chip.cuda_graphs=true",), ("chip.compile=true",),
+                    ("chip.cuda_graphs=true", "chip.compile=true", "chip.precision=fp16")):
+        changed = keys(results_folder, tmp_path, "chip=cuda", *options)
+        expected = {"infer", "benchmark", "e2e"} | (
+            {"parity"} if "chip.precision=fp16" in options else set())
+        assert {n for n in STAGE_NAMES if changed[n] != base[n]} == expected
+    # torch.compile's cache lives under paths.cache_dir: moving it changes no key
+    assert (keys(results_folder, tmp_path / "a", "chip=cuda", "chip.compile=true")
+            == keys(results_folder, tmp_path / "b", "chip=cuda", "chip.compile=true"))
 
 
 def test_an_ascend_om_is_made_per_batch_size_unless_dynamic(results_folder: Path,

@@ -2,7 +2,8 @@
 chip and to open a session that runs batches. Stages pick the module named by `chip.runtime`:
 
   onnxruntime  ONNX Runtime, CPU or CUDA provider (chip=cpu, chip=cuda_ort)
-  torch        PyTorch eager on CPU or CUDA, fp32/fp16, channels_last (chip=torch_cpu, chip=cuda)
+  torch        PyTorch on CPU or CUDA, fp32/fp16/bf16, channels_last, torch.compile, CUDA graphs
+               (chip=torch_cpu, chip=cuda)
   ais_bench    Ascend NPUs: atc converts to an OM model, ais_bench's InferSession runs it
 
 Every backend module is a `Backend`: it sees its own settings objects, never the whole config.
@@ -35,12 +36,16 @@ class SessionSettings:
     runtime: str
     device_type: str  # cpu | cuda | npu
     providers: tuple[str, ...]  # ONNX Runtime execution providers
-    precision: str
+    precision: str  # fp32 | fp16 | bf16
     threads: int  # intra-op threads per device; 0 lets the runtime decide
     channels_last: bool
     dynamic_batch_sizes: tuple[int, ...]  # Ascend dynamic-batch OM gears
+    compile: bool  # torch.compile (fused kernels: the logits may differ in the last bits)
+    cuda_graphs: bool  # torch on CUDA: one captured graph per batch shape, replayed
     # a torch session rebuilds model.arch: the packages it may import from
     allowed_prefixes: tuple[str, ...] = runtime_only(BUILTIN_ARCH_PREFIXES)
+    # torch.compile's on-disk caches (Inductor), under paths.cache_dir: reused by later runs
+    compile_cache_dir: str = runtime_only("")
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> SessionSettings:
@@ -49,7 +54,9 @@ class SessionSettings:
                    providers=tuple(chip.providers), precision=chip.precision,
                    threads=chip.threads, channels_last=chip.channels_last,
                    dynamic_batch_sizes=tuple(chip.dynamic_batch_sizes),
-                   allowed_prefixes=allowed_arch_prefixes(cfg.security.extra_arch_prefixes))
+                   compile=chip.compile, cuda_graphs=chip.cuda_graphs,
+                   allowed_prefixes=allowed_arch_prefixes(cfg.security.extra_arch_prefixes),
+                   compile_cache_dir=str(cfg.cache_dir / "torchinductor"))
 
 
 class Session(Protocol):
@@ -65,7 +72,7 @@ class Session(Protocol):
 
     def own_compute_ms(self) -> list[float]:
         """The runtime's own per-call compute times (ms, oldest first) where it reports them
-        (ais_bench's summary); empty where it does not."""
+        (ais_bench's summary; CUDA events around torch's forward); empty where it does not."""
         ...
 
 

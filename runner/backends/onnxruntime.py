@@ -1,4 +1,5 @@
-"""ONNX Runtime: the CPU default, and CUDA where onnxruntime-gpu is installed."""
+"""ONNX Runtime: the CPU default, and the CUDA / TensorRT execution providers where
+onnxruntime-gpu is installed (chip=cuda_ort, chip=tensorrt_ort)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def check(session: SessionSettings, devices: tuple[int, ...]) -> None:
         raise ConfigError(
             f"chip.precision={session.precision} is not supported by runtime onnxruntime (it "
             "runs the fp32 ONNX as exported): use chip.precision=fp32, or chip=cuda / "
-            "chip=torch_cpu (PyTorch) for fp16"
+            "chip=torch_cpu (PyTorch) for fp16 and bf16"
         )
     if session.channels_last:
         raise ConfigError(
@@ -61,6 +62,9 @@ def check(session: SessionSettings, devices: tuple[int, ...]) -> None:
             f"{list(session.providers)}: cuda needs a GPU provider (CUDAExecutionProvider), cpu "
             "only CPUExecutionProvider"
         )
+    if on_cuda:
+        # before any work: a CPU-only onnxruntime lists no GPU provider at all
+        _providers(session.providers, devices[0])
 
 
 def _options(threads: int) -> ort.SessionOptions:
@@ -81,8 +85,9 @@ def _providers(providers: tuple[str, ...], device: int) -> list[Any]:
     missing = [p for p in providers if p not in available]
     if missing:
         raise ToolMissingError(
-            f"ONNX Runtime provider(s) {', '.join(missing)} not available (have "
-            f"{', '.join(available)}): for CUDA install onnxruntime-gpu, or use chip=cpu"
+            f"ONNX Runtime {ort.__version__} has no {', '.join(missing)} (it has "
+            f"{', '.join(available)}): install onnxruntime-gpu in place of onnxruntime (TensorRT "
+            "also needs TensorRT's libraries), or use chip=cuda (PyTorch) or chip=cpu"
         )
     return [(p, {"device_id": device}) if p != "CPUExecutionProvider" else p for p in providers]
 
@@ -116,11 +121,13 @@ class OrtSession:
         )
         requested = [p for p in settings.providers if p != "CPUExecutionProvider"]
         if requested and requested[0] not in self._session.get_providers():
-            # ONNX Runtime falls back to the CPU when a GPU provider fails to load
+            # ONNX Runtime falls back to the next provider when one fails to load (TensorRT
+            # without its libraries, CUDA without cuDNN): the run would not be what it says
             raise ToolMissingError(
                 f"ONNX Runtime could not load {requested[0]} on device {device} (the session "
-                f"has {', '.join(self._session.get_providers())}): check the CUDA and cuDNN "
-                "libraries onnxruntime-gpu needs, or use chip=cuda (PyTorch)"
+                f"has {', '.join(self._session.get_providers())}): check the CUDA, cuDNN (and "
+                "for TensorRT, TensorRT) libraries onnxruntime-gpu needs, or use chip=cuda "
+                "(PyTorch)"
             )
         self._input = self._session.get_inputs()[0].name
         self._device = device

@@ -1,5 +1,5 @@
-"""PyTorch eager on the CPU or an NVIDIA GPU (fp32 or fp16, optionally channels_last); needs
-only torch (and torchvision for its models).
+"""PyTorch on the CPU or an NVIDIA GPU: fp32, fp16 or bf16, optionally channels_last,
+torch.compile and (on CUDA) CUDA graphs; needs only torch (and torchvision for its models).
 
 `convert` rebuilds the nn.Module the ONNX file was exported from (model.arch + the weights),
 checks on a probe batch that it computes what the ONNX file computes, and saves the architecture
@@ -8,6 +8,10 @@ name with the state dict: a session rebuilds the module from that file alone.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,7 +50,14 @@ def convert_settings(cfg: RunConfig) -> ConvertSettings:
 
 
 def check(session: SessionSettings, devices: tuple[int, ...]) -> None:
-    """Refuse a device this torch cannot use before any work is done for it."""
+    """Refuse a device, precision or option this torch cannot use before any work is done."""
+    if session.compile and session.device_type == "cpu" and not any(
+            shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
+        raise ToolMissingError(
+            "chip.compile=true on the CPU: torch.compile's inductor builds C++ kernels and "
+            "finds no C++ compiler (g++, c++, clang++ or $CXX): install one, or remove "
+            "chip.compile"
+        )
     if session.device_type != "cuda":
         return
     import torch
@@ -63,6 +74,20 @@ def check(session: SessionSettings, devices: tuple[int, ...]) -> None:
         raise ConfigError(
             f"chip.devices={list(devices)}: torch sees {count} CUDA device(s), ids "
             f"0..{count - 1}"
+        )
+    if session.precision == "bf16":
+        for device in devices:
+            if torch.cuda.get_device_capability(device) < (8, 0):
+                raise ConfigError(
+                    f"chip.precision=bf16: CUDA device {device} "
+                    f"({torch.cuda.get_device_name(device)}) has no bfloat16 arithmetic (compute "
+                    "capability 8.0+, Ampere or later): use chip.precision=fp16"
+                )
+    if session.compile and importlib.util.find_spec("triton") is None:
+        raise ToolMissingError(
+            f"chip.compile=true on CUDA: torch.compile's inductor needs triton, which torch "
+            f"{torch.__version__} cannot import here: install the triton matching torch, or "
+            "remove chip.compile"
         )
 
 
@@ -106,7 +131,42 @@ def convert(onnx_path: Path, out_dir: Path, settings: ConvertSettings,
                     "probe_max_abs_difference_vs_onnx": difference}
 
 
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+# eager calls on a side stream before a CUDA graph is captured: cuDNN's benchmark mode picks its
+# kernels (and torch.compile compiles) there, not inside the capture
+CAPTURE_WARMUP_CALLS = 3
+DEVICE_TIMER = ("CUDA events recorded on the session's stream right before and right after the "
+                "forward (or graph replay): the host-to-device copy, the cast to the precision and "
+                "the device-to-host copy of the logits are outside, as in ais_bench's compute "
+                "time and trtexec's GPU Compute Time")
+
+
+def _fp32_means_fp32(torch: Any) -> None:
+    """No TensorFloat-32 in cuDNN convolutions and matmuls (fp16 and bf16 are not affected).
+
+    The legacy flags, not torch 2.9's `fp32_precision`: they also set the new per-operator flags
+    (matmul "ieee", conv not "tf32"), and mixing the two APIs makes later reads of the legacy
+    flags raise in torch 2.11 and 2.13.
+    """
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 class TorchSession:
+    """One model on one device. Every `run` is synchronous: it returns once the logits are on
+    the host, so a host timer around it spans the whole call.
+
+    On CUDA: the batch is copied into pinned host memory and from there to the GPU with
+    non_blocking copies on the session's stream, cast to the precision and layout on the GPU;
+    the logits come back the same way, and one `Stream.synchronize()` ends the call. CUDA events
+    around the forward give the device time (`own_compute_ms`).
+
+    With `cuda_graphs` or `compile` the model sees one static batch shape: the first batch's
+    (or a larger one's, which is compiled/captured anew); a shorter batch runs padded to it and
+    its padding rows' logits are dropped, as ais_bench pads a static OM. So the short last batch
+    of the infer pass neither recompiles nor captures inside the timed pass.
+    """
+
     def __init__(self, model_path: Path, settings: SessionSettings, device: int) -> None:
         import torch
 
@@ -116,38 +176,162 @@ class TorchSession:
         saved = torch.load(model_path, map_location="cpu", weights_only=True)
         net = build.resolve_arch(saved["arch"], settings.allowed_prefixes)(**saved["arch_kwargs"])
         net.load_state_dict(saved["state_dict"])
-        chip = settings
-        if chip.device_type == "cuda":
+        self._torch = torch
+        self._chip = settings
+        self._cuda = settings.device_type == "cuda"
+        if self._cuda:
             self._device = torch.device("cuda", device)
+            torch.cuda.set_device(self._device)  # compiled kernels and graphs use the current one
             torch.backends.cudnn.benchmark = True  # kernels picked during the warm-up
-            # fp32 means fp32: no TensorFloat-32 in convolutions and matmuls
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
+            _fp32_means_fp32(torch)
         else:
             self._device = torch.device("cpu")
-            if chip.threads:
-                torch.set_num_threads(chip.threads)
-        self._dtype = torch.float16 if chip.precision == "fp16" else torch.float32
-        self._layout = torch.channels_last if chip.channels_last else torch.contiguous_format
+            if settings.threads:
+                torch.set_num_threads(settings.threads)
+        self._dtype = getattr(torch, DTYPES[settings.precision])
+        self._layout = torch.channels_last if settings.channels_last else torch.contiguous_format
         self._net = net.eval().to(device=self._device, dtype=self._dtype,
                                   memory_format=self._layout)
-        self._chip = chip
-        self._torch = torch
+        self._forward: Any = self._net
+        if settings.compile:
+            if settings.compile_cache_dir:
+                # Inductor's kernel and FX-graph caches on disk: a bs sweep's later jobs (new
+                # processes) reuse what the first compiled
+                os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", settings.compile_cache_dir)
+            # dynamic=False: one graph per static batch shape (see the class docstring)
+            self._forward = torch.compile(self._net, dynamic=False)
+        self._static = settings.compile or settings.cuda_graphs
+        self._rows = 0  # the static batch size (static mode)
+        self._buffers: dict[str, Any] = {}
+        self._graph: Any = None
+        self._graph_out: Any = None
+        self.compile_s = 0.0  # first call per static shape: compilation (+ that one call)
+        self.graph_capture_s = 0.0
+        self._shapes: list[list[int]] = []
+        self._padded_calls = 0
+        self._device_ms: list[float] = []
+        if self._cuda:
+            self._stream = torch.cuda.current_stream(self._device)
+            self._events = (torch.cuda.Event(enable_timing=True),
+                            torch.cuda.Event(enable_timing=True))
+
+    # -- shapes and buffers -------------------------------------------------------------------
+
+    def _prepare(self, shape: tuple[int, ...]) -> None:
+        """Buffers for a batch of `shape`: kept while it fits (a shorter batch uses their first
+        rows), else made anew for it; in static mode a new static shape is also compiled and/or
+        captured, timed apart from every call."""
+        torch = self._torch
+        current = self._buffers.get("host_in")
+        same_image = current is not None and tuple(current.shape[1:]) == tuple(shape[1:])
+        if same_image and shape[0] <= current.shape[0]:
+            return
+        rows = max(shape[0], self._rows) if same_image else shape[0]
+        self._rows = rows
+        full = (rows, *shape[1:])
+        self._graph = self._graph_out = None  # frees the old graph's memory pool
+        buffers: dict[str, Any] = {
+            # pinned (page-locked) host memory: the copy to the GPU runs asynchronously at full
+            # bus speed instead of through the driver's pageable staging buffer
+            "host_in": torch.zeros(full, dtype=torch.float32, pin_memory=self._cuda)}
+        if self._cuda:
+            buffers["device_in"] = torch.zeros(full, dtype=torch.float32, device=self._device)
+            buffers["model_in"] = torch.zeros(full, dtype=self._dtype, device=self._device
+                                              ).contiguous(memory_format=self._layout)
+        self._buffers = buffers
+        if self._static:
+            self._first_static_call(full)
+
+    def _first_static_call(self, full: tuple[int, ...]) -> None:
+        torch = self._torch
+        model_in = self._buffers["model_in"] if self._cuda else (
+            self._buffers["host_in"].to(self._dtype).contiguous(memory_format=self._layout))
+        with torch.inference_mode():
+            started = time.perf_counter()
+            if self._chip.cuda_graphs:
+                side = torch.cuda.Stream(self._device)
+                side.wait_stream(self._stream)
+                with torch.cuda.stream(side):
+                    self._forward(model_in)  # compiles, when compiling
+                    side.synchronize()
+                    compiled = time.perf_counter()
+                    for _ in range(CAPTURE_WARMUP_CALLS):
+                        self._forward(model_in)
+                self._stream.wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self._graph_out = self._forward(model_in)
+                self._graph = graph
+                torch.cuda.synchronize(self._device)
+                self.graph_capture_s += time.perf_counter() - compiled
+            else:
+                self._forward(model_in)
+                if self._cuda:
+                    torch.cuda.synchronize(self._device)
+                compiled = time.perf_counter()
+        if self._chip.compile:
+            self.compile_s += compiled - started
+        self._shapes.append(list(full))
+
+    # -- calls --------------------------------------------------------------------------------
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
+        rows = len(batch)
+        if self._cuda or self._static:  # eager on the CPU reads the batch where it is
+            self._prepare(batch.shape)
+        if self._static and rows < self._rows:
+            self._padded_calls += 1
         with torch.inference_mode():
-            inputs = torch.from_numpy(batch).to(self._device, self._dtype)
-            logits = self._net(inputs.contiguous(memory_format=self._layout))
-            return logits.float().cpu().numpy()  # .cpu() waits for the GPU
+            if self._cuda:
+                return self._run_cuda(batch)
+            if self._static:
+                host_in = self._buffers["host_in"]
+                host_in.numpy()[:rows] = batch  # the padding rows keep the last batch's values
+                inputs = host_in
+            else:
+                inputs = torch.from_numpy(batch)
+            logits = self._forward(inputs.to(self._dtype).contiguous(memory_format=self._layout))
+            return logits[:rows].float().numpy()
+
+    def _run_cuda(self, batch: np.ndarray) -> np.ndarray:
+        rows = len(batch)
+        used = self._rows if self._static else rows
+        host_in, device_in = self._buffers["host_in"], self._buffers["device_in"]
+        model_in = self._buffers["model_in"]
+        host_in.numpy()[:rows] = batch  # pageable -> pinned, on the host
+        device_in[:rows].copy_(host_in[:rows], non_blocking=True)  # async, on the stream
+        model_in[:rows].copy_(device_in[:rows])  # cast to the precision and layout, on the GPU
+        start, end = self._events
+        start.record(self._stream)
+        if self._graph is not None:
+            self._graph.replay()
+            logits = self._graph_out
+        else:
+            logits = self._forward(model_in[:used])
+        end.record(self._stream)
+        logits = logits[:rows].float()  # fp16/bf16 logits cast on the GPU before the copy
+        host_out = self._host_out(tuple(logits.shape))
+        host_out.copy_(logits, non_blocking=True)
+        self._stream.synchronize()  # the whole call is done: logits on the host, events set
+        self._device_ms.append(start.elapsed_time(end))
+        return host_out.numpy().copy()  # the pinned buffer is reused by the next call
+
+    def _host_out(self, shape: tuple[int, ...]) -> Any:
+        out = self._buffers.get("host_out")
+        if out is None or out.shape[0] < shape[0] or tuple(out.shape[1:]) != shape[1:]:
+            out = self._torch.empty((self._rows, *shape[1:]), dtype=self._torch.float32,
+                                    pin_memory=True)
+            self._buffers["host_out"] = out
+        return out[: shape[0]]
 
     def own_compute_ms(self) -> list[float]:
-        return []
+        return list(self._device_ms)
 
     def describe(self) -> dict[str, Any]:
         torch = self._torch
-        on_cuda = self._device.type == "cuda"
-        return {
+        on_cuda = self._cuda
+        facts: dict[str, Any] = {
             "runtime": f"torch {torch.__version__}",
             "device": str(self._device),
             "device_name": torch.cuda.get_device_name(self._device) if on_cuda
@@ -156,9 +340,38 @@ class TorchSession:
             "channels_last": self._chip.channels_last,
             "intra_op_threads": torch.get_num_threads(),
             "cudnn_benchmark": torch.backends.cudnn.benchmark if on_cuda else None,
-            "timed_span": "host batch to device and dtype, forward, logits to host as float32"
-                          + (" (.cpu() synchronizes the GPU)" if on_cuda else ""),
+            "tf32": (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
+            if on_cuda else None,
+            "compile": self._chip.compile,
+            "cuda_graphs": self._chip.cuda_graphs,
         }
+        if self._static:
+            facts.update({
+                "static_shapes": self._shapes,
+                "padded_calls": self._padded_calls,
+                "static_shape_note": "a shorter batch runs padded to the static shape; its "
+                                     "padding rows' logits are dropped",
+            })
+        if self._chip.compile:
+            facts["compile_s"] = self.compile_s
+            facts["compile_note"] = ("wall seconds of the first call per static shape "
+                                     "(compilation plus that one call), outside every timed span")
+            facts["compile_cache_dir"] = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "default")
+        if self._chip.cuda_graphs:
+            facts["graph_capture_s"] = self.graph_capture_s
+        if on_cuda:
+            facts["pinned_host_memory"] = True
+            facts["timed_span"] = (
+                "host batch into pinned memory, non_blocking copy to the GPU, cast to the "
+                "precision and layout, forward" + (" (CUDA graph replay)" if
+                                                   self._chip.cuda_graphs else "")
+                + ", logits cast to float32 and copied to pinned host memory, then "
+                "Stream.synchronize(): one synchronize per call, copies inside the span")
+            facts["own_compute_ms"] = DEVICE_TIMER
+        else:
+            facts["timed_span"] = ("host batch cast to the precision and layout, forward, "
+                                   "logits as float32 on the host")
+        return facts
 
 
 def open_session(model_path: Path, settings: SessionSettings, device: int) -> TorchSession:
