@@ -346,7 +346,7 @@ def _once(values: list[float]) -> str:
     return f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}"
 
 
-def sweep_report(jobs: Sequence[Job], title: str) -> str:
+def sweep_report(jobs: Sequence[Job], title: str, extra_notes: Sequence[str] = ()) -> str:
     """The guide's table for a sweep, as markdown whose lines fit `WIDTH` columns."""
     groups = _groups(jobs)
     several_datasets = len({key[2] for key in groups}) > 1
@@ -418,14 +418,14 @@ def sweep_report(jobs: Sequence[Job], title: str) -> str:
     for job in jobs:
         if job.status not in ("FINISHED",) and job.error:
             where = f"job {job.job}" if job.job is not None else "a job"
-            notes.append(f"{where} ({job.model} / {job.chip} bs {job.bs}) {job.status}: "
-                         f"{job.error}")
+            what = " / ".join(x for x in (job.model, job.chip) if x)
+            notes.append(f"{where} ({what} bs {job.bs}) {job.status}: {job.error}")
     header = ["model / chip", "top-1 %", "top-5 %", *(f"bs{bs} img/s" for bs in sizes),
               "benchmark", "accuracy"]
     datasets = {key[2] for key in groups}
     if len(datasets) == 1:
         title += f", dataset {datasets.pop()}"
-    out = [f"## {title}", ""]
+    out = [textwrap.shorten(f"## {title}", WIDTH), ""]
     out += _fitted(header, [[_cell(c) for c in r] for r in rows], fixed_tail=2)
     out.append("")
     legend = (f"img/s: throughput, 1000*bs / mean compute ms of one synchronous inference "
@@ -434,7 +434,8 @@ def sweep_report(jobs: Sequence[Job], title: str) -> str:
               f"`{INVALID_MARK}` INVALID figure, `{REUSED_MARK}` reused from an earlier run; "
               "benchmark: VALID/INVALID (all bs of the row); accuracy: PASS/FAIL by the rule, "
               "N/A where it does not apply (random weights, not the whole ImageNet val).")
-    bullets = [legend, *(f"rule for {m}: {r}" for r, m in rules.items()), *notes]
+    bullets = [legend, *(f"rule for {m}: {r}" for r, m in rules.items()), *notes,
+               *extra_notes]
     for bullet in bullets:
         out += textwrap.wrap(bullet, WIDTH, initial_indent="- ", subsequent_indent="  ")
     return "\n".join(out) + "\n"

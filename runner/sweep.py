@@ -252,8 +252,8 @@ class SweepCallback(Callback):
         finished = sum(job.status == "FINISHED" for job in jobs)
         hosts = sorted({run.data.tags.get("host", "?") for run in runs})
         title = (f"Sweep {time.strftime('%Y-%m-%d %H:%M')}: {finished} of {len(jobs)} jobs "
-                 f"finished{', stopped early' if stopped_early else ''} (host {', '.join(hosts)})")
-        text = report.sweep_report(jobs, title)
+                 f"finished{', stopped early' if stopped_early else ''}")
+        text = report.sweep_report(jobs, title, [f"measured on {', '.join(hosts)}"])
         (out_dir / "report.md").write_text(text)
         (out_dir / "table.csv").write_text(report.csv_table(jobs))
         figures = {
