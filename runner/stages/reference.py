@@ -39,6 +39,10 @@ class Settings:
         return cls(ModelSpec.from_config(cfg), cfg.model.preprocess.normalization())
 
 
+def check(settings: Settings) -> None:
+    settings.model.check()
+
+
 def run(settings: Settings, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
     import torch
 
