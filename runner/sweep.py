@@ -107,6 +107,8 @@ def sweep_params(overrides: Sequence[str]) -> dict[str, str]:
     Hydra's escaped text; Hydra's own keys left out."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from runner import tracking
+
     params: dict[str, str] = {}
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
@@ -114,7 +116,8 @@ def sweep_params(overrides: Sequence[str]) -> dict[str, str]:
         log.warning("cannot read the sweep's overrides as params (%s)", error)
         return params
     for override in parsed:
-        if override.is_hydra_override() or override.is_delete():
+        if override.is_hydra_override() or override.is_delete() or (
+                override.key_or_group.split(".")[0] in tracking.NOT_PARAMS):
             continue
         if override.is_sweep_override():
             value = ",".join(str(v) for v in override.sweep_iterator())

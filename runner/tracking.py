@@ -130,6 +130,7 @@ PARAM_KEYS = (
     "benchmark.min_duration_s", "benchmark.repeats", "cache.force",
 )
 MAX_PARAMS = 30
+BY_BS_METRIC = "throughput_fps_by_bs"  # throughput_fps logged at step = bs
 # config groups whose choice is a tag already (model, chip, dataset) or the `stages` tag
 GROUPS_AS_TAGS = ("model", "chip", "dataset", "stage")
 
@@ -210,9 +211,9 @@ _stage_records: dict[str, dict[str, Any]] = {}
 
 def log_stage(record: StageRecord) -> None:
     output = record.entry.output
-    mlflow.log_metrics(readable({**output.metrics, f"time_{record.name}_s": record.seconds}))
+    mlflow.log_metrics(readable(output.metrics))  # time_<stage>_s: at the end (_log_record)
     _stage_records[record.name] = {"cache": "hit" if record.entry.hit else "miss",
-                                   "key": record.entry.key, "seconds": round(record.seconds, 3)}
+                                   "key": record.entry.key, "seconds": record.seconds}
     for relative in output.artifacts.values():
         path = record.entry.path / relative
         if path.is_file() and path.stat().st_size < 8 << 20 and path.suffix == ".json":
@@ -281,6 +282,9 @@ def _log_record(facts: dict[str, Any]) -> None:
     """run.json: the environment and each stage's cache key, hit or miss and seconds; the tag
     `cache` says how many stages were hits."""
     mlflow.log_dict({"environment": facts, "stages": dict(_stage_records)}, "run.json")
+    # logged last, so the run page's metrics (in logging order) start with the figures
+    mlflow.log_metrics(readable({f"time_{name}_s": record["seconds"]
+                                 for name, record in _stage_records.items()}))
     hits = sum(s["cache"] == "hit" for s in _stage_records.values())
     if _stage_records:
         mlflow.set_tag("cache", f"{hits}/{len(_stage_records)} hit")
@@ -306,6 +310,10 @@ def _describe(cfg: RunConfig, run_id: str, sweep: SweepLink | None) -> list[str]
                                 report.not_comparable(data.tags.get("weights_kind", ""), dataset))
     if comparison.metrics():
         mlflow.log_metrics(comparison.metrics())
+    if "throughput_fps" in data.metrics:
+        # the same figure at step = bs: MLflow's line chart (x: step) of runs grouped by model
+        # is then throughput against batch size, one line per model (README, Sweeps)
+        mlflow.log_metric(BY_BS_METRIC, data.metrics["throughput_fps"], step=cfg.bs)
     if comparison.deltas is not None:
         mlflow.set_tag(report.ACCURACY_TAG, comparison.accuracy)
     title = f"{cfg.model.name} on {cfg.chip.name}, bs {cfg.bs}, dataset {dataset}"
