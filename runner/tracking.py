@@ -37,15 +37,6 @@ from runner.sweep import SweepLink
 log = logging.getLogger("runner")
 
 
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        flat: dict[str, Any] = {}
-        for key, value in tree.items():
-            flat.update(flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix.rstrip("."): tree}
-
-
 def check_store(settings: MlflowConfig, timeout_s: float = 5.0) -> None:
     """Fail at once, naming the store, where MLflow would retry for minutes or fail obscurely."""
     uri = settings.tracking_uri
