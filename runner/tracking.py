@@ -358,11 +358,13 @@ def record_invalid_config(cfg: DictConfig, error: Exception, sweep: SweepLink,
                   "sweep.job_num": str(sweep.job_num),
                   "error": redact.text(f"{type(error).__name__}: {error}")[:5000]},
         )
-        tree = OmegaConf.to_container(cfg, resolve=False)
-        assert isinstance(tree, dict)
-        tree.pop("hydra", None)
-        for key, value in run_params(tree, sweep.overrides, choices).items():
-            client.log_param(run.info.run_id, key, value)
+        try:  # the params are worth having, not worth leaving the run RUNNING for
+            tree = OmegaConf.to_container(cfg, resolve=True)
+            assert isinstance(tree, dict)
+            for key, value in run_params(tree, sweep.overrides, choices).items():
+                client.log_param(run.info.run_id, key, value)
+        except Exception as failure:
+            log.warning("could not log the failed job's params: %s", failure)
         client.set_terminated(run.info.run_id, "FAILED")
     except Exception as failure:  # the store is unusable too: the job's error line still stands
         log.warning("could not record the failed job in MLflow: %s", failure)
