@@ -104,7 +104,7 @@ def test_an_architecture_from_an_extra_package_runs_every_stage(
     (run,) = workspace.runs()
     assert run.info.status == "FINISHED"
     stages = run_config("stage=all").stage.stages
-    assert {f"cache.{name}" for name in stages} <= set(run.data.tags)
+    assert set(stages) <= set(workspace.cache_states(run))
     assert run.data.metrics["parity_top1_agreement"] == 1.0
     assert "throughput_fps" in run.data.metrics
 
