@@ -36,6 +36,15 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_record(tracking_uri: str, run_id: str) -> dict:
+    """The run's run.json (runner.tracking.run_record; this script runs without the package)."""
+    import mlflow.artifacts
+
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="run.json",
+                                               tracking_uri=tracking_uri)
+    return json.loads(Path(path).read_text())
+
+
 def make_images(root: Path, count: int) -> Path:
     (root / "val").mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -104,7 +113,8 @@ def main() -> None:
                        check=True, capture_output=True)
         resumed = last_run(work)
         resumed_s = resumed.data.metrics["time_preprocess_s"]
-        key = resumed.data.tags["cache_key.preprocess"]
+        key = run_record(f"sqlite:///{work / 'mlflow.db'}",
+                         resumed.info.run_id)["stages"]["preprocess"]["key"]
         info = json.loads((work / "resumed" / "preprocess" / key / "result.json").read_text())
         kept = info["info"]["resumed_chunks"]
 

@@ -9,6 +9,7 @@ logged (`time_<stage>_s`: cache lookups on the second run), then the ratios of s
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,17 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_record(tracking_uri: str, run_id: str) -> dict:
+    """The run's run.json (runner.tracking.run_record; this script runs without the package)."""
+    import mlflow.artifacts
+
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="run.json",
+                                               tracking_uri=tracking_uri)
+    return json.loads(Path(path).read_text())
+
+
 SWEEP = ["model=alexnet", "bs=1,4", "dataset=synthetic", "dataset.synthetic.num_images=64",
          "model.weights=random"]
 STAGES = ("export", "convert", "preprocess", "infer", "evaluate", "benchmark")
@@ -44,8 +56,8 @@ def stage_seconds(workspace: Path) -> list[tuple[float, int, int]]:
     for parent in parents:
         jobs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
         seconds = sum(r.data.metrics.get(f"time_{s}_s", 0.0) for r in jobs for s in STAGES)
-        cache = [r.data.tags[f"cache.{s}"] for r in jobs for s in STAGES
-                 if f"cache.{s}" in r.data.tags]
+        records = [run_record(client.tracking_uri, r.info.run_id)["stages"] for r in jobs]
+        cache = [record[s]["cache"] for record in records for s in STAGES if s in record]
         totals.append((seconds, cache.count("hit"), len(cache)))
     return totals
 

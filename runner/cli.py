@@ -9,7 +9,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -18,9 +18,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runner import config, interrupts, pipeline, redact, sweep
-from runner.cache import STORAGE_ERRNOS, check_writable
+from runner import config, interrupts, redact, sweep
 from runner.errors import RunnerError
+
+if TYPE_CHECKING:  # numpy comes with them: imported once there is work to do (fast --help)
+    from runner import pipeline
 
 log = logging.getLogger("runner")
 
@@ -61,6 +63,9 @@ def summary_table(cfg: config.RunConfig, result: pipeline.PipelineResult) -> str
 def run_job(cfg: DictConfig) -> dict[str, float]:
     """One job: validate and plan (every check that needs no work), then run every stage inside
     an MLflow run; the metrics."""
+    from runner import pipeline
+    from runner.cache import check_writable
+
     link = sweep.current_link()  # set when this job is part of a sweep (`-m`)
     try:
         run_cfg = config.validate(cfg)
@@ -70,18 +75,65 @@ def run_job(cfg: DictConfig) -> dict[str, float]:
         if link is not None:  # so the sweep's table lists it with the other jobs
             from runner import tracking
 
-            tracking.record_invalid_config(cfg, error, link)
+            tracking.record_invalid_config(cfg, error, link,
+                                           dict(HydraConfig.get().runtime.choices))
         raise
     from runner import tracking  # MLflow's import is slow: only once there is a run to track
 
     tree: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    with tracking.tracked_run(run_cfg, tree, run_dir, sweep=link) as run_id:
-        log.info("MLflow run %s (%s)", run_id, redact.text(run_cfg.mlflow.tracking_uri))
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    with tracking.tracked_run(run_cfg, tree, run_dir, sweep=link,
+                              overrides=list(hydra_cfg.overrides.task),
+                              choices=dict(hydra_cfg.runtime.choices)) as run:
+        log.info("MLflow run %s (%s)", run.run_id, redact.text(run_cfg.mlflow.tracking_uri))
         result = pipeline.run(planned, run_cfg.cache_dir, on_stage=tracking.log_stage,
-                              run_id=run_id)
+                              run_id=run.run_id)
     print(summary_table(run_cfg, result))
+    for line in run.summary_lines:
+        print(line)
+    if link is None:  # a sweep prints the command once, with its report
+        print(f"runner: see it: {tracking.ui_command(run_cfg.mlflow.tracking_uri)}, then open "
+              f"{tracking.run_url(run_cfg.mlflow.tracking_uri, run.experiment_id, run.run_id)}")
     return result.metrics
+
+
+HELP_FLAGS = ("--help", "-h")
+
+
+def fast_help(args: list[str]) -> str | None:
+    """Hydra's `--help` page, or None when `args` need Hydra's own (other flags).
+
+    The same template and values, but the groups are read from conf/: Hydra lists every group's
+    options (its own hydra/* groups too) through a deep copy of its whole config repository per
+    group, some 80 copies, 2-3 s of a 2-core machine, for 6 lines of output."""
+    import string
+
+    from hydra import compose, initialize_config_dir
+
+    flags = [a for a in args if a.startswith("-")]
+    if not set(flags) <= {*HELP_FLAGS, "--resolve"}:
+        return None
+    conf = config.PROJECT_ROOT / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("config", overrides=[a for a in args if a not in flags],
+                      return_hydra_config=True)
+    groups = sorted({p.parent.relative_to(conf).as_posix() for p in conf.rglob("*.yaml")
+                     if p.parent != conf} - {""})
+    app_groups = [g for g in groups if g != "hydra" and not g.startswith("hydra/")]
+    listing = "".join(f"{g}: {', '.join(sorted(p.stem for p in (conf / g).glob('*.yaml')))}\n"
+                      for g in app_groups)
+    template = string.Template(str(cfg.hydra.help.template))
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import get_args_parser
+
+    return template.substitute(
+        FLAGS_HELP=Hydra.format_args_help(get_args_parser()),
+        HYDRA_CONFIG_GROUPS="".join(f"{g}: ...\n" for g in groups if g not in app_groups),
+        APP_CONFIG_GROUPS=listing,
+        CONFIG=OmegaConf.to_yaml(job, resolve="--resolve" in flags),
+    )
 
 
 def _close_progress_bars() -> None:
@@ -120,6 +172,8 @@ def describe(error: BaseException) -> str:
             parts.append(_first_line(str(error.__cause__)))
         return (": ".join(p for p in parts if p)
                 + " (python -m runner --help lists the groups, --cfg job the keys)")
+    from runner.cache import STORAGE_ERRNOS
+
     if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS and error.filename:
         return (f"cannot write {error.filename} ({error.strerror}): free space or choose "
                 "another folder (hydra.run.dir, paths.cache_dir, mlflow.artifact_location)")
@@ -151,6 +205,11 @@ def entry() -> None:
              or os.environ.get("HYDRA_FULL_ERROR") == "1")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors here instead of printing them
     try:
+        if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
+            page = fast_help(sys.argv[1:])
+            if page is not None:
+                print(page)
+                return
         main()
     except KeyboardInterrupt:
         signum = interrupts.received[-1] if interrupts.received else signal.SIGINT

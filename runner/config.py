@@ -192,6 +192,45 @@ class Normalization:
 
 
 @dataclass
+class PublishedAccuracy:
+    top1: float = MISSING  # percent
+    top5: float = MISSING
+
+
+@dataclass
+class PublishedFigures:
+    """The figures a guide publishes for its model, which runs and sweeps are compared with
+    (`model.published`), and the guide's acceptance rule for accuracy."""
+
+    guide: str = ""  # where they are published, e.g. "Ascend ModelZoo AlexNet guide"
+    # top-1/top-5 per source: `pth` (the PyTorch checkpoint's own figure) and per chip (names as
+    # in conf/chip/, e.g. ascend310p3)
+    accuracy: dict[str, PublishedAccuracy] = field(default_factory=dict)
+    # throughput (images/s, ais_bench's 1000*bs/mean ms) per chip name, then per batch size
+    # (values typed Any: OmegaConf refuses a YAML int where a nested dict's values are float)
+    fps: dict[str, dict[int, Any]] = field(default_factory=dict)
+    # the rule: accuracy passes when top-1 and top-5 are each at most `max_accuracy_drop`
+    # percentage points below the `reference` source's (the guides: 1 point below pth)
+    reference: str = "pth"
+    max_accuracy_drop: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_accuracy_drop < 0:
+            raise ConfigError(f"model.published.max_accuracy_drop={self.max_accuracy_drop} "
+                              "must be >= 0 (percentage points)")
+        if self.accuracy and self.reference not in self.accuracy:
+            raise ConfigError(
+                f"model.published.reference={self.reference!r} is not a source of "
+                f"model.published.accuracy ({', '.join(self.accuracy)}): name one of them"
+            )
+        for chip, table in self.fps.items():
+            for bs, fps in table.items():
+                if bs <= 0 or isinstance(fps, bool) or not isinstance(fps, int | float) or fps <= 0:
+                    raise ConfigError(f"model.published.fps.{chip}.{bs}={fps!r}: write "
+                                      "<batch size>: <images/s>, both > 0")
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING
     # import path of a callable returning an nn.Module (e.g. torchvision.models.alexnet)
@@ -207,6 +246,8 @@ class ModelConfig:
     output_name: str = "output"
     opset: int = 11
     preprocess: PreprocessRecipe = field(default_factory=PreprocessRecipe)
+    # the guide's published figures and acceptance rule, which reports compare runs with
+    published: PublishedFigures = field(default_factory=PublishedFigures)
 
     def __post_init__(self) -> None:
         _check_positive("model.num_classes", self.num_classes)

@@ -162,8 +162,9 @@ def _thread_facts(chip: ChipFacts) -> dict[str, Any]:
 
 
 def capture(chip: ChipConfig | ChipFacts) -> dict[str, Any]:
-    """Facts about this machine and chip, logged as MLflow tags (`env.*`): the device and its
-    driver (nvidia-smi, npu-smi or the CPU model), runtime and library versions, threads."""
+    """Facts about this machine and chip, logged in each run's run.json (`environment`): the
+    device and its driver (nvidia-smi, npu-smi or the CPU model), runtime and library versions,
+    threads."""
     if isinstance(chip, ChipConfig):
         chip = ChipFacts.of(chip)
     facts: dict[str, Any] = {

@@ -1,6 +1,7 @@
 """Sweeps (`python -m runner -m model=a,b bs=1,4`): one MLflow parent run per sweep, a nested
 child run per job, and at the end the guides' table (accuracy and throughput per model, chip and
-batch size) as markdown, CSV and plots on the parent, printed in the terminal.
+batch size, beside the guide's published figures: runner/report.py) as the parent's Description,
+markdown, a wide CSV and plots on the parent, printed in the terminal.
 
 `SweepCallback` is registered in conf/config.yaml (`hydra.callbacks`). Hydra calls
 `on_multirun_start`/`on_multirun_end` in the process that launched the sweep and
@@ -13,8 +14,6 @@ tracking store, where every job's run lands wherever it ran.
 from __future__ import annotations
 
 import atexit
-import csv
-import io
 import logging
 import sys
 import time
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from runner import environment, redact
+from runner import environment, redact, report
 from runner.config import MlflowConfig
 
 if TYPE_CHECKING:  # MLflow's import is slow: every function that needs it imports it
@@ -35,22 +34,8 @@ if TYPE_CHECKING:  # MLflow's import is slow: every function that needs it impor
 
 log = logging.getLogger("runner")
 
-# The guide's table: one row per job. e2e_fps is filled where the infer stage measures it.
-METRIC_COLUMNS = ("top1", "top5", "throughput_fps", "latency_ms_p99", "e2e_fps")
-COLUMNS = ("job", "model", "chip", "bs", "dataset", *METRIC_COLUMNS, "cache", "status", "error",
-           "run_id")
-NO_RUN = "NO RUN"  # the status of a planned job that left no MLflow run
 TABLE_DIR = "sweep"  # in the sweep folder and in the parent run's artifacts
-METHOD_NOTES = (
-    "top1/top5: percent of the dataset's images whose class is in the k highest logits "
-    "(evaluate stage).",
-    "throughput_fps: 1000 * bs / mean compute ms of one synchronous session.run (ais_bench's "
-    "figure); latency_ms_p99: 99th percentile of those per-call ms; benchmark stage, after its "
-    "warm-up; iterations, timer and settings are in each run's stages/benchmark/benchmark.json.",
-    "e2e_fps: images / wall seconds of the e2e stage's pass over the dataset "
-    "(method in that run's e2e stage).",
-    "cache: stages of the job found finished in the stage cache / stages run.",
-)
+
 
 @dataclass(frozen=True)
 class SweepLink:
@@ -69,114 +54,77 @@ def current_link() -> SweepLink | None:
     return _job
 
 
-@dataclass
-class Row:
-    job: int | None
-    model: str
-    chip: str
-    bs: str
-    dataset: str
-    metrics: dict[str, float] = field(default_factory=dict)
-    cache: str = ""
-    status: str = ""
-    error: str = ""
-    run_id: str = ""
-
-    def sort_key(self) -> tuple[Any, ...]:
-        bs = int(self.bs) if self.bs.isdigit() else sys.maxsize
-        # a model's rows by batch size, chips side by side (the guides' tables); jobs that left
-        # no run, whose chip and dataset are unknown, at the end
-        job = self.job if self.job is not None else -1
-        return (self.status == NO_RUN, self.model, self.dataset, bs, self.chip, job)
-
-    def cells(self, number_format: str) -> list[str]:
-        values = [format(self.metrics[m], number_format) if m in self.metrics else ""
-                  for m in METRIC_COLUMNS]
-        job = "" if self.job is None else str(self.job)
-        return [job, self.model, self.chip, self.bs, self.dataset, *values, self.cache,
-                self.status, self.error, self.run_id]
-
-
-def row_from_run(run: Run) -> Row:
-    tags = run.data.tags
-    cache = [v for k, v in tags.items() if k.startswith("cache.")]
-    job = tags.get("sweep.job_num", "")
-    return Row(
-        job=int(job) if job.isdigit() else None,
-        model=tags.get("model", ""),
-        chip=tags.get("chip", ""),
-        bs=tags.get("bs", ""),
-        dataset=tags.get("dataset", ""),
-        metrics={m: run.data.metrics[m] for m in METRIC_COLUMNS if m in run.data.metrics},
-        cache=f"{cache.count('hit')}/{len(cache)} hit" if cache else "",
-        status=run.info.status,
-        error=tags.get("error", ""),
-        run_id=run.info.run_id,
-    )
-
-
-def row_without_run(job: int, overrides: Sequence[str]) -> Row:
-    """A planned job that left no run: its process died or never started."""
-    given = dict(line.lstrip("+").partition("=")[::2] for line in overrides)
-    return Row(job=job, model=given.get("model", given.get("model.name", "")),
-               chip=given.get("chip", given.get("chip.name", "")), bs=given.get("bs", ""),
-               dataset=given.get("dataset", given.get("dataset.name", "")), status=NO_RUN,
-               error=f"no MLflow run was recorded for job {job} ({' '.join(overrides)})")
-
-
-def build_rows(runs: Sequence[Run], planned: Sequence[Sequence[str]] | None) -> list[Row]:
-    rows = [row_from_run(run) for run in runs]
-    seen = {row.job for row in rows}
-    for job, overrides in enumerate(planned or []):
-        if job not in seen:
-            rows.append(row_without_run(job, overrides))
-    return sorted(rows, key=Row.sort_key)
-
-
-def markdown_table(rows: Sequence[Row]) -> str:
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
-
-    lines = [line(COLUMNS), line(["---"] * len(COLUMNS))]
-    lines += [line(row.cells(".2f")) for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def csv_table(rows: Sequence[Row]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for row in rows:
-        writer.writerow(row.cells(".6g"))
-    return out.getvalue()
-
-
-def plot(rows: Sequence[Row], metric: str, ylabel: str, title: str) -> Any:
-    """`metric` against batch size, one line per model and chip (and dataset, when several)."""
+def plot(jobs: Sequence[report.Job], metric: str, ylabel: str, title: str) -> Any:
+    """`metric` against batch size, one line per model and chip (and dataset, when several);
+    hollow markers for INVALID figures, error bars from the repeats' min/max where logged, and
+    the published figures (dashed) where the chip has some."""
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 
-    several_datasets = len({row.dataset for row in rows}) > 1
-    lines: dict[str, dict[int, float]] = {}
-    for row in rows:
-        if row.status == "FINISHED" and metric in row.metrics and row.bs.isdigit():
-            label = f"{row.model} / {row.chip}" + (f" / {row.dataset}" if several_datasets else "")
-            lines.setdefault(label, {})[int(row.bs)] = row.metrics[metric]
+    several_datasets = len({job.dataset for job in jobs}) > 1
+    lines: dict[str, list[report.Job]] = {}
+    for job in jobs:
+        if job.status == "FINISHED" and metric in job.metrics and job.bs_int is not None:
+            label = f"{job.model} / {job.chip}" + (f" / {job.dataset}" if several_datasets else "")
+            lines.setdefault(label, []).append(job)
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     axes = figure.subplots()
-    for label, points in sorted(lines.items()):
-        sizes = sorted(points)
-        axes.plot(sizes, [points[bs] for bs in sizes], marker="o", label=label)
+    for label, members in sorted(lines.items()):
+        members.sort(key=lambda j: j.bs_int or 0)
+        sizes = [j.bs_int for j in members]
+        values = [j.metrics[metric] for j in members]
+        (line,) = axes.plot(sizes, values, label=label)
+        color = line.get_color()
+        for job, bs, value in zip(members, sizes, values, strict=True):
+            hollow = job.verdict == "INVALID"
+            axes.plot([bs], [value], marker="o", color=color,
+                      markerfacecolor="none" if hollow else color)
+            low, high = (job.metrics.get(f"{metric}_min"), job.metrics.get(f"{metric}_max"))
+            if low is not None and high is not None:
+                axes.errorbar([bs], [value], yerr=[[value - low], [high - value]], color=color,
+                              capsize=3)
+        published = members[0].published
+        if metric == "throughput_fps" and published is not None and published.fps:
+            points = sorted(published.fps.items())
+            axes.plot([b for b, _ in points], [v for _, v in points], linestyle="--",
+                      marker="s", color=color, alpha=0.6, label=f"{label}: published")
     axes.set_xscale("log", base=2)
-    sizes_used = sorted({bs for points in lines.values() for bs in points})
+    sizes_used = sorted({j.bs_int for members in lines.values() for j in members
+                         if j.bs_int is not None})
     axes.set_xticks(sizes_used, [str(bs) for bs in sizes_used])
     axes.minorticks_off()
     axes.set_xlabel("batch size")
     axes.set_ylabel(ylabel)
-    axes.set_title(title, fontsize=9)
+    axes.set_title(title + "\nhollow marker: INVALID figure; bars: min-max over the repeats",
+                   fontsize=9)
     axes.grid(True, alpha=0.3)
     if lines:
-        axes.legend()
+        axes.legend(fontsize=8)
     return figure
+
+
+def sweep_params(overrides: Sequence[str]) -> dict[str, str]:
+    """The sweep's command-line values by key (`bs` -> `1,4,8`), as the values parsed, never
+    Hydra's escaped text; Hydra's own keys left out."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from runner import tracking
+
+    params: dict[str, str] = {}
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception as error:  # Hydra accepted them already: a param is not worth failing for
+        log.warning("cannot read the sweep's overrides as params (%s)", error)
+        return params
+    for override in parsed:
+        if override.is_hydra_override() or override.is_delete() or (
+                override.key_or_group.split(".")[0] in tracking.NOT_PARAMS):
+            continue
+        if override.is_sweep_override():
+            value = ",".join(str(v) for v in override.sweep_iterator())
+        else:
+            value = str(override.value())
+        params[f"sweep.{override.key_or_group}"] = value
+    return params
 
 
 def planned_jobs(config: DictConfig) -> list[list[str]] | None:
@@ -233,11 +181,11 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent_run_id is None or self._closed:
             return
-        rows = self._close(config, stopped_early=False)
-        failed = [row for row in rows if row.status != "FINISHED"]
+        jobs = self._close(config, stopped_early=False)
+        failed = [job for job in jobs if job.status != "FINISHED"]
         if failed:
-            print(f"runner: error: {len(failed)} of {len(rows)} sweep jobs did not finish "
-                  "(status and error in the table above)", file=sys.stderr)
+            print(f"runner: error: {len(failed)} of {len(jobs)} sweep jobs did not finish "
+                  "(status and error under the table above)", file=sys.stderr)
             raise SystemExit(1)
 
     # -- in the process running a job --
@@ -281,7 +229,7 @@ class SweepCallback(Callback):
             },
         )
         self.parent_run_id = run.info.run_id
-        for key, value in redact.tree(tracking.override_params(overrides)).items():
+        for key, value in redact.tree(sweep_params(overrides)).items():
             client.log_param(self.parent_run_id, key, value)
         if self.planned is not None:
             client.log_metric(self.parent_run_id, "jobs_planned", len(self.planned))
@@ -291,47 +239,54 @@ class SweepCallback(Callback):
         if self.parent_run_id is not None and not self._closed:
             self._close(config, stopped_early=True)
 
-    def _close(self, config: DictConfig, stopped_early: bool) -> list[Row]:
-        """Read the children back, write and log the table and plots, end the parent run."""
+    def _close(self, config: DictConfig, stopped_early: bool) -> list[report.Job]:
+        """Read the children back, write and log the report, table and plots, end the parent."""
         from mlflow.tracking import MlflowClient
+
+        from runner import tracking
 
         assert self.parent_run_id is not None and self.experiment_id is not None
         self._closed = True
         client = MlflowClient(tracking_uri=self.tracking_uri)
         runs = children(client, self.experiment_id, self.parent_run_id)
-        rows = build_rows(runs, self.planned)
+        jobs = report.build_jobs(runs, self.planned)
         out_dir = Path(str(config.hydra.sweep.dir)) / TABLE_DIR
         out_dir.mkdir(parents=True, exist_ok=True)
-        hosts = sorted({run.data.tags.get("env.host", "?") for run in runs})
-        notes = "\n".join(f"- {note}" for note in (*METHOD_NOTES, f"hosts: {', '.join(hosts)}"))
-        (out_dir / "table.md").write_text(f"{markdown_table(rows)}\n{notes}\n")
-        (out_dir / "table.csv").write_text(csv_table(rows))
+        finished = sum(job.status == "FINISHED" for job in jobs)
+        hosts = sorted({run.data.tags.get("host", "?") for run in runs})
+        title = (f"Sweep {time.strftime('%Y-%m-%d %H:%M')}: {finished} of {len(jobs)} jobs "
+                 f"finished{', stopped early' if stopped_early else ''}")
+        text = report.sweep_report(jobs, title, [f"measured on {', '.join(hosts)}"])
+        (out_dir / "report.md").write_text(text)
+        (out_dir / "table.csv").write_text(report.csv_table(jobs))
         figures = {
-            "throughput_vs_bs.png": plot(rows, "throughput_fps", "throughput_fps (images/s)",
+            "throughput_vs_bs.png": plot(jobs, "throughput_fps", "throughput_fps (images/s)",
                                          "throughput vs batch size: 1000*bs / mean compute ms, "
                                          "benchmark stage"),
-            "latency_p99_vs_bs.png": plot(rows, "latency_ms_p99", "latency p99 (ms per batch)",
+            "latency_p99_vs_bs.png": plot(jobs, "latency_ms_p99", "latency p99 (ms per batch)",
                                           "latency vs batch size: p99 of per-call compute ms, "
                                           "benchmark stage"),
         }
         for name, figure in figures.items():
             figure.savefig(out_dir / name, dpi=100)
-        client.log_artifact(self.parent_run_id, str(out_dir / "table.md"), TABLE_DIR)
+        client.set_tag(self.parent_run_id, "mlflow.note.content", text)
+        client.log_artifact(self.parent_run_id, str(out_dir / "report.md"), TABLE_DIR)
         client.log_artifact(self.parent_run_id, str(out_dir / "table.csv"), TABLE_DIR)
         for name, figure in figures.items():
             client.log_figure(self.parent_run_id, figure, f"{TABLE_DIR}/{name}")
-        finished = sum(row.status == "FINISHED" for row in rows)
         client.log_metric(self.parent_run_id, "jobs_finished", finished)
-        client.log_metric(self.parent_run_id, "jobs_failed", len(rows) - finished)
+        client.log_metric(self.parent_run_id, "jobs_failed", len(jobs) - finished)
         if stopped_early:
             client.set_tag(self.parent_run_id, "error",
                            "the sweep stopped before all its jobs ended")
-        ok = finished == len(rows) and not stopped_early
+        ok = finished == len(jobs) and not stopped_early
         client.set_terminated(self.parent_run_id, "FINISHED" if ok else "FAILED")
-        print(f"\nrunner: sweep of {len(rows)} jobs, MLflow parent run {self.parent_run_id} "
-              f"({self.tracking_uri}); table and plots in {out_dir}")
-        print(markdown_table(rows), flush=True)
-        return rows
+        assert self.tracking_uri is not None
+        print(f"\n{text}\nrunner: report, wide table (table.csv) and plots in {out_dir}\n"
+              f"runner: see it: {tracking.ui_command(self.tracking_uri)}, then open "
+              f"{tracking.run_url(self.tracking_uri, self.experiment_id, self.parent_run_id)}",
+              flush=True)
+        return jobs
 
 
 def children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Run]:

@@ -1,16 +1,22 @@
-"""MLflow: one run per job, with the config as params and artifacts, metrics named the same in
-every run (so runs compare), tags that say what was run where, and the right end status."""
+"""MLflow: one run per job, lean enough to read in the UI: the settings a user varies as params
+(the whole config is the `config/config.yaml` artifact), a handful of tags that say what was
+run, metrics named the same in every run (so runs compare), the environment and the stages'
+cache keys as one `run.json` artifact, the run compared with its guide's published figures as
+its Description, and the right end status."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
+import sys
 import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse, urlsplit
@@ -20,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from runner import environment, redact
+from runner import environment, redact, report
 from runner.config import MlflowConfig, RunConfig
 from runner.errors import TrackingError
 from runner.locks import file_lock
@@ -29,15 +35,6 @@ from runner.pipeline import StageRecord
 from runner.sweep import SweepLink
 
 log = logging.getLogger("runner")
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        flat: dict[str, Any] = {}
-        for key, value in tree.items():
-            flat.update(flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix.rstrip("."): tree}
 
 
 def check_store(settings: MlflowConfig, timeout_s: float = 5.0) -> None:
@@ -114,49 +111,112 @@ def _sqlite_init_lock(tracking_uri: str) -> Iterator[None]:
         yield
 
 
-def override_params(overrides: list[str]) -> dict[str, str]:
-    """`override.<key>`: command-line overrides as written (a sweep's as `bs=1,4`), named alike in
-    every run of a sweep so the MLflow compare view lines them up."""
-    params = {}
+# The params of a run: the settings users vary (what the compare view lines up), named by their
+# config key. model, chip and dataset are tags; every other key is in config/config.yaml.
+PARAM_KEYS = (
+    "bs", "seed", "model.weights", "model.preprocess.library", "model.preprocess.resize",
+    "model.preprocess.interpolation", "model.preprocess.crop", "dataset.root", "dataset.limit",
+    "chip.runtime", "chip.precision", "chip.threads", "chip.devices", "chip.soc_version",
+    "infer.result_format", "benchmark.input", "benchmark.warmup_iters", "benchmark.min_iters",
+    "benchmark.min_duration_s", "benchmark.repeats", "cache.force",
+)
+MAX_PARAMS = 30
+BY_BS_METRIC = "throughput_fps_by_bs"  # throughput_fps logged at step = bs
+# config groups whose choice is a tag already (model, chip, dataset) or the `stages` tag
+GROUPS_AS_TAGS = ("model", "chip", "dataset", "stage")
+
+
+# where things live and how errors print: not settings of what is measured
+NOT_PARAMS = ("hydra", "mlflow", "paths", "traceback")
+
+
+def override_keys(overrides: list[str]) -> list[str]:
+    """The config keys the command line set (`+x.y=3` -> x.y), Hydra's own and NOT_PARAMS left
+    out."""
+    keys = []
     for line in overrides:
-        key, _, value = line.partition("=")
-        params[f"override.{key.lstrip('+~')}"] = value
-    return params
+        key = line.partition("=")[0].lstrip("+~")
+        if key and key.split(".")[0] not in NOT_PARAMS and key not in keys:
+            keys.append(key)
+    return keys
+
+
+def _param_value(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, list | dict) else value
+
+
+def run_params(tree: dict[str, Any], overrides: list[str],
+               choices: dict[str, Any] | None = None) -> dict[str, Any]:
+    """PARAM_KEYS and the keys the command line set, with their composed values (never the
+    override's text, which Hydra escapes: `sqlite\\:///...`), at most MAX_PARAMS. `choices`:
+    the config groups' selected options (`debug=smoke` is a group, not a key)."""
+    cfg = OmegaConf.create(tree)
+    params: dict[str, Any] = {}
+    for key in (*PARAM_KEYS, *override_keys(overrides)):
+        if key in params or key in GROUPS_AS_TAGS:
+            continue
+        if choices and key in choices:
+            value = choices[key]
+        else:
+            value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+            if OmegaConf.is_config(value):
+                value = OmegaConf.to_container(value)
+        if len(params) == MAX_PARAMS:
+            log.warning("more than %d params: %s and later are only in config/config.yaml",
+                        MAX_PARAMS, key)
+            break
+        params[key] = _param_value(value)
+    return redact.tree(params)
 
 
 def run_tags(cfg: RunConfig) -> dict[str, str]:
+    """What was run, in a handful of tags (the environment is in run.json)."""
     src = weights.source(cfg.model)
     tags = {
         "model": cfg.model.name,
         "chip": cfg.chip.name,
-        "bs": str(cfg.bs),
-        "dataset": cfg.dataset.name,
+        "dataset": report.describe_dataset(cfg.dataset),
         "stages": ",".join(cfg.stage.stages),
         "weights": weights.identity(src, cfg.seed),
         "weights_kind": src.kind,
         "git_commit": environment.git_commit(),
+        "host": environment.host_id(),
     }
     if src.is_random:
         tags["accuracy_note"] = "random weights: accuracy is meaningless"
-    tags.update({f"env.{k}": str(v) for k, v in environment.capture(cfg.chip).items()})
+    published = report.Published.from_config(cfg.model.published, cfg.chip.name)
+    if published is not None:
+        tags[report.PUBLISHED_TAG] = published.to_json()
     return {name: redact.text(value) for name, value in tags.items()}
+
+
+def readable(metrics: dict[str, float]) -> dict[str, float]:
+    """Values as MLflow shows them: 7 significant digits (56.528, not 56.52799987792969), far
+    finer than any of these measurements."""
+    return {k: float(f"{float(v):.7g}") for k, v in metrics.items()}
+
+
+# what run.json gathers while a run goes: the stages' cache keys and hits (log_stage)
+_stage_records: dict[str, dict[str, Any]] = {}
 
 
 def log_stage(record: StageRecord) -> None:
     output = record.entry.output
-    mlflow.log_metrics({**output.metrics, f"time_{record.name}_s": record.seconds})
-    mlflow.set_tag(f"cache.{record.name}", "hit" if record.entry.hit else "miss")
+    mlflow.log_metrics(readable(output.metrics))  # time_<stage>_s: at the end (_log_record)
+    _stage_records[record.name] = {"cache": "hit" if record.entry.hit else "miss",
+                                   "key": record.entry.key, "seconds": record.seconds,
+                                   "provenance": record.provenance}
     if record.measures:  # a reused figure names the run that measured it; a fresh one says so
         made = record.provenance
         mlflow.set_tags({f"{record.name}.measured_at": str(made.get("made_at", "unknown")),
                          f"{record.name}.measured_in_run": str(made.get("run_id") or "unknown")})
         if record.reused:
+            _stage_records[record.name]["reused"] = True
             mlflow.set_tag(f"{record.name}.reused_from", str(made.get("run_id") or "unknown"))
     verdict = output.info.get("verdict")
     if verdict:
         mlflow.set_tags({f"{record.name}.verdict": verdict["verdict"],
                          f"{record.name}.verdict_reasons": "; ".join(verdict["reasons"])[:5000]})
-    mlflow.set_tag(f"cache_key.{record.name}", record.entry.key)
     for relative in output.artifacts.values():
         path = record.entry.path / relative
         if path.is_file() and path.stat().st_size < 8 << 20 and path.suffix == ".json":
@@ -165,46 +225,125 @@ def log_stage(record: StageRecord) -> None:
         mlflow.log_dict(redact.tree(output.info), f"stages/{record.name}/info.json")
 
 
+@dataclass
+class ActiveRun:
+    run_id: str
+    experiment_id: str
+    # set when the run ends FINISHED: its comparison with the published figures, for the terminal
+    summary_lines: list[str] = field(default_factory=list)
+
+
 @contextmanager
 def tracked_run(cfg: RunConfig, config_tree: dict[str, Any], run_dir: Path,
-                sweep: SweepLink | None = None) -> Iterator[str]:
+                sweep: SweepLink | None = None, overrides: list[str] | None = None,
+                choices: dict[str, Any] | None = None) -> Iterator[ActiveRun]:
     """An active MLflow run; FINISHED on success, FAILED (KILLED on Ctrl-C) with the error.
-    In a sweep, the run is nested under the sweep's parent run."""
+    In a sweep, the run is nested under the sweep's parent run. `overrides`: the command line's,
+    whose keys become params besides PARAM_KEYS; `choices`: the config groups' options."""
     tags = run_tags(cfg)
     if sweep is not None:
         tags["sweep.job_num"] = str(sweep.job_num)
+        overrides = sweep.overrides
     check_store(cfg.mlflow)
+    experiment = experiment_id(cfg.mlflow)
     run = mlflow.start_run(
-        experiment_id=experiment_id(cfg.mlflow),
+        experiment_id=experiment,
         run_name=f"{cfg.model.name}-{cfg.chip.name}-bs{cfg.bs}",
         parent_run_id=sweep.parent_run_id if sweep is not None else None,
         tags=tags,
     )
+    active = ActiveRun(run.info.run_id, experiment)
+    _stage_records.clear()
+    facts = redact.tree(environment.capture(cfg.chip))
     try:
         safe_tree = redact.tree(config_tree)
-        params = {k: json.dumps(v) if isinstance(v, list | dict) else v
-                  for k, v in flatten(safe_tree).items()}
-        if sweep is not None:
-            params.update(redact.tree(override_params(sweep.overrides)))
-        mlflow.log_params(params)
+        mlflow.log_params(run_params(config_tree, overrides or [], choices))
         mlflow.log_dict(safe_tree, "config/config.yaml")
         for path in sorted((run_dir / ".hydra").glob("*.yaml")):
             mlflow.log_text(redact.text(path.read_text()), f"config/hydra/{path.name}")
-        yield run.info.run_id
+        yield active
     except BaseException as error:
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
         try:  # recording the error must not keep the run from ending FAILED/KILLED
             mlflow.set_tag("error", redact.text(f"{type(error).__name__}: {error}")[:5000])
             mlflow.log_text(redact.text("".join(traceback.format_exception(error))),
                             "logs/traceback.txt")
+            _log_record(facts)
             _log_file(run_dir)
         except Exception as logging_error:
             log.warning("could not record the error in MLflow: %s", logging_error)
         mlflow.end_run(status)
         raise
     else:
+        _log_record(facts)
+        active.summary_lines = _describe(cfg, active.run_id, sweep)
         _log_file(run_dir)
         mlflow.end_run("FINISHED")
+
+
+def _log_record(facts: dict[str, Any]) -> None:
+    """run.json: the environment and each stage's cache key, hit or miss and seconds; the tag
+    `cache` says how many stages were hits."""
+    mlflow.log_dict({"environment": facts, "stages": dict(_stage_records)}, "run.json")
+    # logged last, so the run page's metrics (in logging order) start with the figures
+    mlflow.log_metrics(readable({f"time_{name}_s": record["seconds"]
+                                 for name, record in _stage_records.items()}))
+    hits = sum(s["cache"] == "hit" for s in _stage_records.values())
+    if _stage_records:
+        mlflow.set_tag("cache", f"{hits}/{len(_stage_records)} hit")
+
+
+def run_record(tracking_uri: str, run_id: str) -> dict[str, Any]:
+    """A run's run.json: {"environment": {...}, "stages": {stage: {"cache", "key", "seconds"}}}."""
+    import mlflow.artifacts
+
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="run.json",
+                                               tracking_uri=tracking_uri)
+    return json.loads(Path(path).read_text())
+
+
+def _describe(cfg: RunConfig, run_id: str, sweep: SweepLink | None) -> list[str]:
+    """Compare the run with its published figures: metrics `top1_delta_pt`, `top5_delta_pt`,
+    `fps_vs_published`, tag `accuracy.verdict`, and the run's Description (what the run page
+    shows first); the lines to print."""
+    data = MlflowClient().get_run(run_id).data
+    published = report.Published.from_config(cfg.model.published, cfg.chip.name)
+    dataset = report.describe_dataset(cfg.dataset)
+    comparison = report.compare(published, cfg.bs, data.metrics,
+                                report.not_comparable(data.tags.get("weights_kind", ""), dataset))
+    if comparison.metrics():
+        mlflow.log_metrics(comparison.metrics())
+    if "throughput_fps" in data.metrics:
+        # the same figure at step = bs: MLflow's line chart (x: step) of runs grouped by model
+        # is then throughput against batch size, one line per model (README, Sweeps)
+        mlflow.log_metric(BY_BS_METRIC, data.metrics["throughput_fps"], step=cfg.bs)
+    if comparison.deltas is not None:
+        mlflow.set_tag(report.ACCURACY_TAG, comparison.accuracy)
+    title = f"{cfg.model.name} on {cfg.chip.name}, bs {cfg.bs}, dataset {dataset}"
+    if sweep is not None:
+        title += f" (job {sweep.job_num} of sweep run {sweep.parent_run_id})"
+    metrics = {**data.metrics, **comparison.metrics()}
+    summary = report.run_summary(title, metrics, data.tags, published, comparison)
+    mlflow.set_tag("mlflow.note.content", summary)
+    return report.terminal_lines(published, comparison, metrics)
+
+
+def ui_command(tracking_uri: str) -> str:
+    """The command that shows this store in a browser (a tracking server is open already)."""
+    if urlparse(tracking_uri).scheme in ("http", "https"):
+        return f"open {redact.text(tracking_uri)}"
+    installed = Path(sys.executable).with_name("mlflow")
+    program = "mlflow" if shutil.which("mlflow") == str(installed) or not installed.exists() \
+        else str(installed)
+    return f"{program} ui --backend-store-uri {redact.text(tracking_uri)}"
+
+
+def run_url(tracking_uri: str, experiment: str, run_id: str) -> str:
+    """The run's page: on the tracking server, or on what `mlflow ui` serves by default."""
+    scheme = urlparse(tracking_uri).scheme
+    base = redact.text(tracking_uri).rstrip("/") if scheme in ("http", "https") \
+        else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment}/runs/{run_id}"
 
 
 def _log_file(run_dir: Path) -> None:
@@ -212,7 +351,8 @@ def _log_file(run_dir: Path) -> None:
         mlflow.log_text(redact.text(path.read_text(errors="replace")), f"logs/{path.name}")
 
 
-def record_invalid_config(cfg: DictConfig, error: Exception, sweep: SweepLink) -> None:
+def record_invalid_config(cfg: DictConfig, error: Exception, sweep: SweepLink,
+                          choices: dict[str, Any] | None = None) -> None:
     """A FAILED run for a sweep job whose config was rejected before its run could start, so the
     sweep's table lists it. Best effort: the job's own error line is what the user must see."""
     def raw(key: str) -> str:
@@ -222,17 +362,21 @@ def record_invalid_config(cfg: DictConfig, error: Exception, sweep: SweepLink) -
         settings = MlflowConfig(raw("mlflow.tracking_uri"), raw("mlflow.artifact_location"),
                                 raw("mlflow.experiment"))
         client = MlflowClient(tracking_uri=settings.tracking_uri)
-        tags = {key: raw(key if key == "bs" else f"{key}.name")
-                for key in ("model", "chip", "bs", "dataset")}
+        tags = {key: raw(f"{key}.name") for key in ("model", "chip", "dataset")}
         run = client.create_run(
             experiment_id(settings),
-            run_name=f"{tags['model']}-{tags['chip']}-bs{tags['bs']}",
+            run_name=f"{tags['model']}-{tags['chip']}-bs{raw('bs')}",
             tags={**tags, "mlflow.parentRunId": sweep.parent_run_id,
                   "sweep.job_num": str(sweep.job_num),
                   "error": redact.text(f"{type(error).__name__}: {error}")[:5000]},
         )
-        for key, value in redact.tree(override_params(sweep.overrides)).items():
-            client.log_param(run.info.run_id, key, value)
+        try:  # the params are worth having, not worth leaving the run RUNNING for
+            tree = OmegaConf.to_container(cfg, resolve=True)
+            assert isinstance(tree, dict)
+            for key, value in run_params(tree, sweep.overrides, choices).items():
+                client.log_param(run.info.run_id, key, value)
+        except Exception as failure:
+            log.warning("could not log the failed job's params: %s", failure)
         client.set_terminated(run.info.run_id, "FAILED")
     except Exception as failure:  # the store is unusable too: the job's error line still stands
         log.warning("could not record the failed job in MLflow: %s", failure)

@@ -3,5 +3,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# tests/test_mlflow_ui.py reads the MLflow UI in a real browser: Debian's chromium and its driver.
+# Installed where apt-get can (CI runs as root); elsewhere that test skips.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      chromium chromium-driver) >/dev/null 2>&1 \
+      || echo "scripts/test.sh: could not install chromium; tests/test_mlflow_ui.py will skip"
+  fi
+fi
 .venv/bin/python -m ruff check .
 .venv/bin/python -m pytest "$@"

@@ -80,6 +80,20 @@ class Workspace:
 
         return MlflowClient(tracking_uri=self.tracking_uri)
 
+    def record(self, run) -> dict:
+        """The run's run.json: its environment and each stage's cache key and hit or miss."""
+        from runner.tracking import run_record
+
+        return run_record(self.tracking_uri, run.info.run_id)
+
+    def entry(self, stage: str, run) -> Path:
+        """The cache entry of `stage` that `run` used."""
+        return self.cache / stage / self.record(run)["stages"][stage]["key"]
+
+    def cache_states(self, run) -> dict[str, str]:
+        """Stage -> "hit" or "miss" for `run`."""
+        return {name: s["cache"] for name, s in self.record(run)["stages"].items()}
+
     def runs(self) -> list:
         client = self.client()
         experiment = client.get_experiment_by_name("runner")

@@ -18,7 +18,7 @@ from tests.conftest import Workspace, run_config
 
 
 def entry(space: Workspace, stage: str, run) -> Path:
-    return space.cache / stage / run.data.tags[f"cache_key.{stage}"]
+    return space.entry(stage, run)
 
 
 def run_logits(space: Workspace, run) -> np.ndarray:

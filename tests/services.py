@@ -158,3 +158,24 @@ def mlflow_server(root: Path) -> Iterator[str]:
     with _process_group(command, log, dict(os.environ)) as process:
         _wait(healthy, process, log, "mlflow server", 180)
         yield uri
+
+
+@contextmanager
+def mlflow_ui(backend_store_uri: str, root: Path) -> Iterator[str]:
+    """`mlflow ui` on a store, as README tells users to run it; yields its http:// address."""
+    port = free_port()
+    command = [str(BIN / "mlflow"), "ui", "--backend-store-uri", backend_store_uri,
+               "--host", LOOPBACK, "--port", str(port), "--workers", "1"]
+    uri = f"http://{LOOPBACK}:{port}"
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    log = root / "mlflow-ui.log"
+    with _process_group(command, log, dict(os.environ)) as process:
+        _wait(healthy, process, log, "mlflow ui", 180)
+        yield uri

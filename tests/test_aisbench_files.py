@@ -165,17 +165,17 @@ def test_infer_files_scored_by_the_cli_equal_evaluate(workspace: Workspace,
               "model.weights=random"]
     workspace.run("stage=accuracy", "bs=8", "infer.result_format=npy", *common)
     (run,) = workspace.runs()
-    infer_dir = workspace.cache / "infer" / run.data.tags["cache_key.infer"]
+    infer_dir = workspace.entry("infer", run)
     results = infer_dir / "results"
     assert len(list(results.glob("synthetic_*_0.npy"))) == 24
 
     workspace.run("stage=score", f"score.results={results}", *common)
     scored = workspace.runs()[1]
-    assert scored.info.status == "FINISHED" and scored.data.tags["cache.score"] == "miss"
+    assert scored.info.status == "FINISHED" and workspace.cache_states(scored)["score"] == "miss"
     for k in range(1, 6):
         assert scored.data.metrics[f"top{k}"] == run.data.metrics[f"top{k}"]
-    evaluate_json = workspace.cache / "evaluate" / run.data.tags["cache_key.evaluate"]
-    score_json = workspace.cache / "score" / scored.data.tags["cache_key.score"]
+    evaluate_json = workspace.entry("evaluate", run)
+    score_json = workspace.entry("score", scored)
     assert (score_json / "metrics.json").read_text() == (
         evaluate_json / "metrics.json").read_text()
 

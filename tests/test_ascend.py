@@ -465,10 +465,10 @@ def test_ascend_run_end_to_end(workspace: Workspace, standins: AscendStandins,
     assert len(files) == 10
     text = files[0].read_text()
     assert text.count("\n") == 1 and text.endswith(" \n")  # ais_bench's TXT row
-    tags = run.data.tags
-    assert tags["env.device_name"] == "Ascend310P3"
-    assert tags["env.driver_version"] == "npu-smi 23.0.6"
-    assert tags["env.runtime_version"].startswith(f"CANN {CANN_VERSION}, ais_bench 0.0.2-standin")
+    env = workspace.record(run)["environment"]
+    assert env["device_name"] == "Ascend310P3"
+    assert env["driver_version"] == "npu-smi 23.0.6"
+    assert env["runtime_version"].startswith(f"CANN {CANN_VERSION}, ais_bench 0.0.2-standin")
     # benchmark: one worker process per chip, each with its own session
     sessions = standins.calls("ais_bench", "InferSession")[1:]
     assert sorted(s["device_id"] for s in sessions) == [0, 1]
@@ -503,9 +503,8 @@ def test_a_dynamic_batch_sweep_converts_once(workspace: Workspace, standins: Asc
     first, second = [r for r in workspace.runs() if "mlflow.parentRunId" in r.data.tags]
     assert (first.info.status, second.info.status) == ("FINISHED", "FINISHED")
     # one OM for the sweep (made by the first generation's sweep: the OM does not depend on it)
-    assert second.data.tags["cache.convert"] == "hit"
-    convert = json.loads((workspace.cache / "convert" / first.data.tags["cache_key.convert"]
-                      / "result.json").read_text())
+    assert workspace.cache_states(second)["convert"] == "hit"
+    convert = json.loads((workspace.entry("convert", first) / "result.json").read_text())
     assert "--dynamic_batch_size=2,4" in convert["info"]["atc_command"]
     infers = standins.calls("ais_bench", "infer")
     assert {c["shapes"][0][0] for c in infers} == {2, 4}

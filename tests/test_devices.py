@@ -114,7 +114,7 @@ def test_two_cpu_devices_report_each_and_their_aggregate(
     assert metrics["throughput_fps"] == pytest.approx(
         metrics["throughput_fps_dev0"] + metrics["throughput_fps_dev1"])
     assert metrics["benchmark_overlap"] > 0.9  # timed while both devices were busy
-    assert run.data.tags["env.devices"] == "0,1"
+    assert workspace.record(run)["environment"]["devices"] == "0,1"
     artifacts = Path(mlflow.artifacts.download_artifacts(
         run_id=run.info.run_id, tracking_uri=workspace.tracking_uri))
     report = json.loads((artifacts / "stages" / "benchmark" / "benchmark.json").read_text())

@@ -25,13 +25,13 @@ pytestmark = pytest.mark.slow
 
 
 def _entry(space: Workspace, stage: str, run) -> Path:
-    return space.cache / stage / run.data.tags[f"cache_key.{stage}"]
+    return space.entry(stage, run)
 
 
 def _check_finished_run(space: Workspace, run, num_images: int) -> None:
     assert run.info.status == "FINISHED"
     assert set(METRICS) <= set(run.data.metrics)
-    assert run.data.params["bs"] == run.data.tags["bs"]
+    assert "bs" not in run.data.tags  # a param only: named once
     assert run.data.tags["weights"] == "random(seed=0)"
     assert run.data.tags["accuracy_note"].startswith("random weights")
     assert run.data.tags["git_commit"]
@@ -69,10 +69,10 @@ def test_all_stages_then_another_bs_reuses_export_and_preprocess(
     for run in runs:
         _check_finished_run(workspace, run, num_images=24)
     later = runs[1]
-    assert later.data.tags["bs"] == "8"
-    assert later.data.tags["cache.export"] == "hit"
-    assert later.data.tags["cache.preprocess"] == "hit"
-    assert later.data.tags["cache.infer"] == "miss"
+    assert later.data.params["bs"] == "8"
+    cache = workspace.cache_states(later)
+    assert (cache["export"], cache["preprocess"], cache["infer"]) == ("hit", "hit", "miss")
+    assert later.data.tags["cache"] == f"{list(cache.values()).count('hit')}/{len(cache)} hit"
     assert "preprocess hit" in " ".join(second.stdout.split())
     assert later.data.metrics["top1"] == pytest.approx(runs[0].data.metrics["top1"])
 

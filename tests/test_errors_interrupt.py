@@ -106,10 +106,9 @@ def test_interrupted_run_ends_killed_keeps_complete_chunks_and_resumes(
     space.run(*args)
     rerun = space.runs()[-1]
     assert rerun.info.status == "FINISHED"
-    tags = rerun.data.tags
-    assert (tags["cache.export"], tags["cache.convert"], tags["cache.preprocess"]) == (
-        "hit", "hit", "miss")
-    entry = space.cache / "preprocess" / tags["cache_key.preprocess"]
+    cache = space.cache_states(rerun)
+    assert (cache["export"], cache["convert"], cache["preprocess"]) == ("hit", "hit", "miss")
+    entry = space.entry("preprocess", rerun)
     assert entry == partial.with_name(partial.name.removesuffix(".partial"))
     info = json.loads((entry / "result.json").read_text())["info"]
     assert info["resumed_chunks"] == len(kept)

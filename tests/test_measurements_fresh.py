@@ -17,13 +17,15 @@ def test_a_rerun_measures_anew_and_a_reuse_names_the_run_that_measured(
     workspace.run(*SMOKE)
     reused = workspace.run(*SMOKE, "cache.reuse_measurements=true")
     first, second, third = workspace.runs()
-    assert second.data.tags["cache.export"] == "hit"  # artifacts stay cached ...
-    assert second.data.tags["cache.benchmark"] == "miss"  # ... figures are measured again
+    states = workspace.cache_states(second)
+    assert states["export"] == "hit"  # artifacts stay cached ...
+    assert states["benchmark"] == "miss"  # ... figures are measured again
     assert "benchmark.reused_from" not in second.data.tags
     assert second.data.tags["benchmark.measured_in_run"] == second.info.run_id
     assert second.data.metrics["throughput_fps"] != first.data.metrics["throughput_fps"]
     # asked for: the very figure of the second run, named as its
-    assert third.data.tags["cache.benchmark"] == "hit"
+    assert workspace.cache_states(third)["benchmark"] == "hit"
+    assert workspace.record(third)["stages"]["benchmark"]["reused"] is True
     assert third.data.tags["benchmark.reused_from"] == second.info.run_id
     assert third.data.tags["benchmark.measured_at"] == second.data.tags["benchmark.measured_at"]
     assert third.data.metrics["throughput_fps"] == second.data.metrics["throughput_fps"]

@@ -28,7 +28,7 @@ def test_model_runs_every_stage(workspace: Workspace, fast_benchmark: tuple[str,
     assert run.info.status == "FINISHED" and run.data.tags["model"] == model
 
     def entry(stage: str):
-        return workspace.cache / stage / run.data.tags[f"cache_key.{stage}"]
+        return workspace.entry(stage, run)
 
     graph = onnx.load(str(entry("export") / "model.onnx")).graph
     assert (graph.input[0].name, graph.output[0].name) == io

@@ -206,9 +206,10 @@ def test_opencv_run_caches_and_infers_like_the_pil_one(workspace: Workspace) -> 
 
     # a rerun finds every stage in the cache; the PIL recipe is another preprocess entry
     stages = ("export", "convert", "preprocess", "infer", "parity", "evaluate")
-    assert all(again.data.tags[f"cache.{stage}"] == "hit" for stage in stages)
-    assert pil.data.tags["cache.export"] == "hit" and pil.data.tags["cache.preprocess"] == "miss"
-    assert pil.data.tags["cache_key.preprocess"] != first.data.tags["cache_key.preprocess"]
+    assert all(workspace.cache_states(again)[stage] == "hit" for stage in stages)
+    pil_cache = workspace.cache_states(pil)
+    assert pil_cache["export"] == "hit" and pil_cache["preprocess"] == "miss"
+    assert entry(workspace, "preprocess", pil) != entry(workspace, "preprocess", first)
     pil_data = PreprocessedDataset(entry(workspace, "preprocess", pil))
     assert pil_data.names == data.names
     assert not np.array_equal(pil_data.pixels(0, 8), data.pixels(0, 8))

@@ -62,6 +62,10 @@ def test_the_reference_is_a_stage_of_the_presets(tmp_path: Path) -> None:
      r"chip\.precision=fp16 is not supported by runtime onnxruntime"),
     (("debug=smoke", "dataset=imagenet", "dataset.root=null"), r"dataset\.root is not set"),
     (("debug=smoke", "cache-under-a-file"), r"paths\.cache_dir=.* is not writable"),
+    (("debug=smoke", "model.weights=http://127.0.0.1:9/alexnet-owt-4df8aa71.pth"),
+     r"cannot reach model\.weights=http://127\.0\.0\.1:9/alexnet-owt-4df8aa71\.pth"),
+    (("debug=smoke", "model.weights=/nowhere/alexnet.pth"),
+     r"checkpoint /nowhere/alexnet\.pth does not exist"),
     (("debug=smoke", "chip=torch_cpu", "model.arch=torch.nn.Identity"),
      r"model\.arch='torch\.nn\.Identity' is outside the allowed packages"),
 ])
@@ -100,7 +104,7 @@ def test_an_architecture_from_an_extra_package_runs_every_stage(
     (run,) = workspace.runs()
     assert run.info.status == "FINISHED"
     stages = run_config("stage=all").stage.stages
-    assert {f"cache.{name}" for name in stages} <= set(run.data.tags)
+    assert set(stages) <= set(workspace.cache_states(run))
     assert run.data.metrics["parity_top1_agreement"] == 1.0
     assert "throughput_fps" in run.data.metrics
 

@@ -18,9 +18,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from runner import sweep, tracking
+from runner import report, sweep, tracking
 from runner.config import PROJECT_ROOT, MlflowConfig
-from tests.conftest import FAST_BENCHMARK, Workspace
+from tests.conftest import FAST_BENCHMARK, Workspace, compose_config
 from tests.services import RAY_LOOPBACK_ENV, mlflow_server, processes_mentioning, ray_head
 from tests.test_end_to_end import METRICS
 
@@ -51,45 +51,95 @@ def _table(client: MlflowClient, parent) -> list[dict[str, str]]:
 # -- the table, from runs in a real store --
 
 @pytest.mark.slow
-def test_rows_come_from_the_children_and_list_jobs_that_left_no_run(tmp_path: Path) -> None:
+def test_jobs_come_from_the_children_and_list_jobs_that_left_no_run(tmp_path: Path) -> None:
     settings = MlflowConfig(f"sqlite:///{tmp_path / 'db'}", str(tmp_path / "art"), "runner")
     experiment = tracking.experiment_id(settings)
     client = MlflowClient(settings.tracking_uri)
     parent = client.create_run(experiment).info.run_id
     other_parent = client.create_run(experiment).info.run_id
+    published = report.Published("the guide", "pth", {"pth": (56.5, 79.0)}, "cpu",
+                                 {16: 1000.0}, 1.0)
 
-    def child(parent_id: str, job: int, bs: str, status: str, **data: float) -> str:
+    def child(parent_id: str, job: int, bs: str, status: str, tags: dict[str, str] | None = None,
+              **data: float) -> str:
         run = client.create_run(experiment, tags={
             "mlflow.parentRunId": parent_id, "sweep.job_num": str(job), "model": "alexnet",
-            "chip": "cpu", "bs": bs, "dataset": "synthetic", "cache.export": "hit",
-            "cache.benchmark": "miss", **({"error": "WeightsError: no such file"}
-                                          if status == "FAILED" else {})})
+            "chip": "cpu", "dataset": "imagenet", "cache": "1/2 hit", "weights_kind": "url",
+            report.PUBLISHED_TAG: published.to_json(), **(tags or {}),
+            **({"error": "WeightsError: no such file"} if status == "FAILED" else {})})
+        client.log_param(run.info.run_id, "bs", bs)
         for key, value in data.items():
             client.log_metric(run.info.run_id, key, value)
         client.set_terminated(run.info.run_id, status)
         return run.info.run_id
 
-    finished = child(parent, 1, "16", "FINISHED", top1=56.5, throughput_fps=1234.5678,
+    finished = child(parent, 1, "16", "FINISHED", top1=56.0, top5=77.5, throughput_fps=1234.5678,
                      latency_ms_p99=13.0)
     failed = child(parent, 0, "4", "FAILED")
+    invalid = child(parent, 3, "8", "FINISHED",
+                    {"benchmark.verdict": "INVALID", "benchmark.verdict_reasons": "cv 9% > 5%",
+                     "benchmark.reused_from": "abc123"},
+                    top1=56.0, top5=77.5, throughput_fps=900.0, throughput_fps_min=850.0,
+                    throughput_fps_max=950.0, benchmark_valid=0.0)
     child(other_parent, 0, "1", "FINISHED", top1=1.0)  # another sweep's: not in this table
 
     runs = sweep.children(client, experiment, parent)
-    planned = [["model=alexnet", "bs=4"], ["model=alexnet", "bs=16"], ["model=alexnet", "bs=32"]]
-    rows = sweep.build_rows(runs, planned)
-    assert [(r.bs, r.status, r.run_id) for r in rows] == [
-        ("4", "FAILED", failed), ("16", "FINISHED", finished), ("32", "NO RUN", "")]
-    assert rows[0].error == "WeightsError: no such file"
-    assert rows[1].cache == "1/2 hit"
-    assert "job 2 (model=alexnet bs=32)" in rows[2].error
+    planned = [["model=alexnet", "bs=4"], ["model=alexnet", "bs=16"], ["model=alexnet", "bs=32"],
+               ["model=alexnet", "bs=8"]]
+    jobs = report.build_jobs(runs, planned)
+    assert [(j.bs, j.status, j.run_id) for j in jobs] == [
+        ("4", "FAILED", failed), ("8", "FINISHED", invalid), ("16", "FINISHED", finished),
+        ("32", "NO RUN", "")]
+    assert jobs[0].error == "WeightsError: no such file"
+    assert "job 2 (model=alexnet bs=32)" in jobs[3].error
 
-    table = list(csv.DictReader(io.StringIO(sweep.csv_table(rows))))
-    assert tuple(table[0]) == sweep.COLUMNS
-    assert table[1]["throughput_fps"] == "1234.57" and table[1]["top1"] == "56.5"
-    assert table[1]["top5"] == "" and table[1]["e2e_fps"] == ""
-    markdown = sweep.markdown_table(rows).splitlines()
-    assert markdown[0].startswith("| job | model | chip | bs | dataset | top1 | top5 |")
-    assert "| 1234.57 | 13.00 |" in markdown[3]
+    table = list(csv.DictReader(io.StringIO(report.csv_table(jobs))))
+    assert tuple(table[0]) == report.CSV_COLUMNS
+    row16 = table[2]
+    assert row16["throughput_fps"] == "1234.57" and row16["top1"] == "56"
+    assert row16["e2e_fps"] == "" and row16["published_fps"] == "1000.0"
+    assert float(row16["fps_vs_published"]) == pytest.approx(1.2346, abs=1e-4)
+    # top-5 is 1.5 points below the published 79.0: beyond the 1 point rule
+    assert (row16["accuracy"], row16["top5_delta_pt"]) == ("FAIL", "-1.5")
+    assert table[1]["verdict"] == "INVALID" and table[1]["reused_from"] == "abc123"
+
+    text = report.sweep_report(jobs, "a sweep")
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= report.WIDTH
+    header = next(line for line in lines if line.startswith("| model / chip"))
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "model / chip", "top-1 %", "top-5 %", "bs4 img/s", "bs8 img/s", "bs16 img/s",
+        "benchmark", "accuracy"]
+    measured = next(line for line in lines if line.startswith("| alexnet / cpu"))
+    cells = [c.strip() for c in measured.strip("|").split("|")]
+    assert cells == ["alexnet / cpu", "56.00", "77.50", "FAILED", "900.0!*", "1235", "INVALID",
+                     "FAIL"]
+    published_row = next(line for line in lines if line.startswith("|   published (pth, cpu)"))
+    assert [c.strip() for c in published_row.strip("|").split("|")][1:6] == [
+        "56.5", "79", "—", "—", "1000"]
+    difference = next(line for line in lines if line.startswith("|   difference (pth; x)"))
+    assert [c.strip() for c in difference.strip("|").split("|")][1:6] == [
+        "-0.50", "-1.50", "", "", "1.23x"]
+    assert "bs 8: INVALID: cv 9% > 5%" in text and "reused from run abc123" in text
+    assert "job 0 (alexnet / cpu bs 4) FAILED: WeightsError: no such file" in text
+    assert "job 2 (alexnet bs 32) NO RUN" in " ".join(lines)
+
+
+def test_the_guides_rule_passes_within_the_drop_and_applies_only_to_comparable_runs() -> None:
+    published = report.Published("g", "pth", {"pth": (56.527, 79.068)}, "ascend310p3",
+                                 {16: 9975.0}, 1.0)
+    close = {"top1": 55.6, "top5": 78.2, "throughput_fps": 4987.5}
+    compared = report.compare(published, 16, close, "")
+    assert compared.accuracy == report.PASS
+    assert compared.deltas == pytest.approx((-0.927, -0.868))
+    assert compared.fps_ratio == pytest.approx(0.5)
+    assert report.compare(published, 16, {**close, "top1": 55.5}, "").accuracy == report.FAIL
+    assert report.compare(published, 4, close, "").fps_ratio is None  # no figure at bs 4
+    why = report.not_comparable("random", "imagenet[:32]")
+    assert why == "random weights; dataset imagenet[:32] is not the whole ImageNet val"
+    assert report.compare(published, 16, close, why).accuracy == report.NOT_APPLICABLE
+    assert report.not_comparable("url", report.FULL_IMAGENET) == ""
+    assert report.Published.from_json(published.to_json()) == published
 
 
 def test_planned_jobs_are_the_basic_sweepers_product_in_job_order() -> None:
@@ -104,10 +154,21 @@ def test_planned_jobs_are_the_basic_sweepers_product_in_job_order() -> None:
     assert sweep.planned_jobs(config) is None
 
 
-def test_override_params_keep_the_values_as_written() -> None:
-    assert tracking.override_params(["model=alexnet,resnet18", "+x.y=3", "cache.force=[all]"]) == {
-        "override.model": "alexnet,resnet18", "override.x.y": "3",
-        "override.cache.force": "[all]"}
+def test_params_are_the_parsed_values_never_hydras_escaped_text() -> None:
+    # what the basic sweeper hands a job: its values escaped (`sqlite\\:///`)
+    job = ["model.weights=random", "mlflow.tracking_uri=sqlite\\:///tmp/x.db", "bs=4",
+           "dataset.root='/data/a b,c'", "hydra.run.dir=/x/${now:%H}", "debug=smoke"]
+    tree = OmegaConf.to_container(compose_config("debug=smoke", "dataset.root='/data/a b,c'"),
+                                  resolve=True)
+    params = tracking.run_params(tree, job, {"debug": "smoke", "model": "alexnet"})
+    assert params["dataset.root"] == "/data/a b,c" and params["debug"] == "smoke"
+    assert params["bs"] == 4 and "mlflow.tracking_uri" not in params  # where, not what
+    assert not any("\\" in str(v) or "${" in str(v) for v in params.values())
+    assert len(params) <= tracking.MAX_PARAMS
+    assert sweep.sweep_params(["model=alexnet,resnet18", "+x.y=3", "cache.force=[all]",
+                               "dataset.root='/d/a,b'", "hydra.launcher.n_jobs=2"]) == {
+        "sweep.model": "alexnet,resnet18", "sweep.x.y": "3", "sweep.cache.force": "['all']",
+        "sweep.dataset.root": "/d/a,b"}
 
 
 def test_a_tracking_server_keeps_the_artifacts_unless_a_uri_is_given(tmp_path: Path) -> None:
@@ -158,23 +219,30 @@ def test_a_2x2_sweep_makes_a_parent_four_children_the_table_and_plots_then_resum
     assert len(parents) == 1 and len(children) == 4
     (parent,) = parents
     assert parent.info.status == "FINISHED"
-    assert parent.data.params["override.model"] == "alexnet,resnet18"
-    assert parent.data.params["override.bs"] == "1,2"
+    assert parent.data.params["sweep.model"] == "alexnet,resnet18"
+    assert parent.data.params["sweep.bs"] == "1,2"
     assert parent.data.metrics["jobs_finished"] == 4 and parent.data.metrics["jobs_failed"] == 0
-    assert {(c.data.tags["model"], c.data.tags["bs"]) for c in children} == {
+    assert {(c.data.tags["model"], c.data.params["bs"]) for c in children} == {
         ("alexnet", "1"), ("alexnet", "2"), ("resnet18", "1"), ("resnet18", "2")}
     for child in children:
         assert child.info.status == "FINISHED"
         assert set(METRICS) <= set(child.data.metrics)
-        assert child.data.params["override.bs"] == child.data.tags["bs"]
-        assert child.data.params["override.model"] == child.data.tags["model"]
+        # lean: the settings users vary, named by their keys; bs once; no env.* or cache tags
+        assert len(child.data.params) <= 30
+        assert "bs" not in child.data.tags and not any(k.startswith("override.")
+                                                        for k in child.data.params)
+        assert not any(k.startswith(("env.", "cache_key.", "cache.")) for k in child.data.tags)
+        assert child.data.tags["dataset"] == "synthetic (8 images)"
+        assert child.data.tags["mlflow.note.content"].startswith(
+            f"### {child.data.tags['model']} on cpu, bs {child.data.params['bs']}")
     # the same param and metric names in every run: what the MLflow compare view lines up
     assert len({frozenset(c.data.params) for c in children}) == 1
-    assert len({frozenset(c.data.metrics) for c in children}) == 1
+    assert len({frozenset(c.data.metrics) - {"top1_delta_pt", "top5_delta_pt"}
+                for c in children}) == 1
 
     client = workspace.client()
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
-    assert artifacts == {"sweep/table.md", "sweep/table.csv", "sweep/throughput_vs_bs.png",
+    assert artifacts == {"sweep/report.md", "sweep/table.csv", "sweep/throughput_vs_bs.png",
                          "sweep/latency_p99_vs_bs.png"}
     png = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id,
                                               artifact_path="sweep/throughput_vs_bs.png",
@@ -188,9 +256,38 @@ def test_a_2x2_sweep_makes_a_parent_four_children_the_table_and_plots_then_resum
         child = by_id[row["run_id"]]
         for column in ("top1", "top5", "throughput_fps", "latency_ms_p99"):
             assert float(row[column]) == pytest.approx(child.data.metrics[column], rel=1e-5)
-        assert (row["chip"], row["dataset"], row["status"]) == ("cpu", "synthetic", "FINISHED")
-    printed = first.stdout[first.stdout.index("| job | model |"):]
-    assert all(run_id in printed for run_id in by_id)
+        assert (row["chip"], row["dataset"], row["status"]) == (
+            "cpu", "synthetic (8 images)", "FINISHED")
+
+    # the report: the parent's Description, report.md and the terminal's, 120 columns at most
+    text = parent.data.tags["mlflow.note.content"]
+    assert text == Path(mlflow.artifacts.download_artifacts(
+        run_id=parent.info.run_id, artifact_path="sweep/report.md",
+        tracking_uri=workspace.tracking_uri)).read_text()
+    assert text in first.stdout
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= 120
+    assert lines[0].startswith("## Sweep") and lines[0].endswith("dataset synthetic (8 images)")
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines
+            if line.startswith("|") and not line.startswith("|-")]
+    assert rows[0] == ["model / chip", "top-1 %", "top-5 %", "bs1 img/s", "bs2 img/s",
+                       "benchmark", "accuracy"]
+    labels = [r[0] for r in rows[1:]]
+    # a row per model and chip; alexnet's published figures (the guide's pth) beneath it
+    assert labels == ["alexnet / cpu", "published (pth)", "difference (pth; x)",
+                      "resnet18 / cpu"]
+    for label in ("alexnet", "resnet18"):
+        (measured,) = [r for r in rows if r[0] == f"{label} / cpu"]
+        jobs = sorted((c for c in children if c.data.tags["model"] == label),
+                      key=lambda c: int(c.data.params["bs"]))
+        assert measured[1] == f"{jobs[0].data.metrics['top1']:.2f}"
+        fps = [j.data.metrics["throughput_fps"] for j in jobs]
+        assert [float(v.rstrip("!*")) for v in measured[3:5]] == pytest.approx(fps, abs=0.051)
+    assert rows[2][1:3] == ["56.527", "79.068"]
+    assert rows[1][6] == "N/A"  # random weights on generated images: the rule does not apply
+    assert "random weights; dataset synthetic (8 images) is not the whole ImageNet val" in text
+    assert "mlflow ui --backend-store-uri" in first.stdout
+    assert f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}" in first.stdout
 
     # the same command again, resuming: every stage of every job comes from the cache, the
     # measurements too, as asked, each naming the run that measured it
@@ -203,12 +300,13 @@ def test_a_2x2_sweep_makes_a_parent_four_children_the_table_and_plots_then_resum
     stages = len(again[0].data.tags["stages"].split(","))  # the `all` preset
     first_ids = {c.info.run_id for c in children} - {c.info.run_id for c in again}
     for child in again:
-        cache = {k: v for k, v in child.data.tags.items() if k.startswith("cache.")}
+        cache = workspace.cache_states(child)
         assert len(cache) == stages and set(cache.values()) == {"hit"}
+        assert child.data.tags["cache"] == f"{stages}/{stages} hit"
         assert child.data.tags["benchmark.reused_from"] in first_ids
         assert child.data.tags["e2e.reused_from"] in first_ids
     assert [row["cache"] for row in _table(client, latest)] == [f"{stages}/{stages} hit"] * 4
-    assert second.stdout.count(f"{stages}/{stages} hit") == 4
+    assert latest.data.tags["mlflow.note.content"] in second.stdout
 
 
 @pytest.mark.slow
@@ -222,8 +320,7 @@ def test_failing_jobs_are_listed_failed_and_the_others_finish(workspace: Workspa
     (parent,), children = _parents_and_children(workspace)
     assert parent.info.status == "FAILED"
     assert len(children) == 4
-    by_job = {(c.data.params["override.model.weights"], c.data.params["override.bs"]): c
-              for c in children}
+    by_job = {(c.data.params["model.weights"], c.data.params["bs"]): c for c in children}
     assert by_job[("random", "2")].info.status == "FINISHED"
     assert "top1" in by_job[("random", "2")].data.metrics
     for key in (("random", "0"), ("/nowhere/alexnet.pth", "0")):
@@ -278,13 +375,14 @@ def test_an_interrupted_sweep_reruns_only_unfinished_stages(workspace: Workspace
     made = set(finished_before)  # and what the rerun's earlier job made (job 1 shares job 0's
     # bs-independent entries: export, convert, preprocess, reference)
     for child in sorted(rerun, key=lambda c: int(c.data.tags["sweep.job_num"])):
+        record = workspace.record(child)["stages"]
         for stage in ("export", "convert", "preprocess", "infer", "reference", "parity",
                       "evaluate", "benchmark", "e2e"):
-            entry = (stage, child.data.tags[f"cache_key.{stage}"])
-            states.append(child.data.tags[f"cache.{stage}"])
-            assert child.data.tags[f"cache.{stage}"] == ("hit" if entry in made else "miss")
+            entry = (stage, record[stage]["key"])
+            states.append(record[stage]["cache"])
+            assert record[stage]["cache"] == ("hit" if entry in made else "miss")
             made.add(entry)
-    assert rerun[0].data.tags["cache.preprocess"] == "hit"
+    assert workspace.cache_states(rerun[0])["preprocess"] == "hit"
     assert "miss" in states
 
 
@@ -298,7 +396,7 @@ def test_parallel_joblib_jobs_share_a_new_sqlite_store(workspace: Workspace, att
     assert "database is locked" not in result.stderr
     (parent,), children = _parents_and_children(workspace)
     assert parent.info.status == "FINISHED"
-    assert sorted(c.data.tags["bs"] for c in children) == ["1", "2", "3", "4"]
+    assert sorted(c.data.params["bs"] for c in children) == ["1", "2", "3", "4"]
     assert all(c.info.status == "FINISHED" and "throughput_fps" in c.data.metrics
                for c in children)
     assert "JoblibLauncher" in parent.data.tags["sweep.launcher"]
@@ -318,7 +416,7 @@ def test_ray_launcher_runs_the_jobs_on_a_local_ray_cluster(workspace: Workspace)
     (parent,), children = _parents_and_children(workspace)
     assert parent.info.status == "FINISHED"
     assert "RayLauncher" in parent.data.tags["sweep.launcher"]
-    assert sorted(c.data.tags["bs"] for c in children) == ["1", "2"]
+    assert sorted(c.data.params["bs"] for c in children) == ["1", "2"]
     assert all(c.info.status == "FINISHED" for c in children)
     assert not processes_mentioning(str(head.temp_dir)), "a Ray process outlived the test"
 

@@ -231,9 +231,9 @@ def test_torch_run_end_to_end(workspace: Workspace, fast_benchmark: tuple[str, .
     truth = reference.topk_percent(expected, reference.labels(workspace, run))
     assert [run.data.metrics[f"top{k}"] for k in range(1, 6)] == pytest.approx(truth)
     assert run.data.metrics["throughput_fps"] > 0
-    tags = run.data.tags
-    assert tags["env.runtime"] == "torch" and int(tags["env.torch_threads"]) >= 1
-    assert tags["env.device_type"] == ("cuda" if chip == "cuda" else "cpu")
+    env = workspace.record(run)["environment"]
+    assert env["runtime"] == "torch" and int(env["torch_threads"]) >= 1
+    assert env["device_type"] == ("cuda" if chip == "cuda" else "cpu")
     # CUDA: the CUDA-event device time of the same timed calls, as ais_bench's figure
     assert ("torch_throughput_fps" in run.data.metrics) == (chip == "cuda")
 

@@ -50,6 +50,10 @@ class ModelSpec:
                    arch_code=arch_code(model.arch), torch=environment.module_version("torch"),
                    allowed_prefixes=prefixes, weights_dir=str(cfg.cache_dir / "weights"))
 
+    def check(self) -> None:
+        """What can fail before any work: the checkpoint is missing or cannot be downloaded."""
+        weights.check_available(self.weights, Path(self.weights_dir))
+
     def build(self) -> nn.Module:
         """The model in eval mode, its checkpoint fetched (and verified) first."""
         from runner.models import build

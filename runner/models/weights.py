@@ -103,6 +103,44 @@ def download(url: str, target: Path, checksum: str | None, timeout_s: float = 30
     return target
 
 
+def check_available(src: WeightsSource, weights_dir: Path, timeout_s: float = 10.0) -> None:
+    """Before any stage runs: the checkpoint is a file, was downloaded already, or its URL
+    answers (a HEAD request), so an offline machine is told at once, not after other work."""
+    if src.is_random:
+        return
+    if src.kind == "path":
+        if not Path(src.location).is_file():
+            raise WeightsError(
+                f"checkpoint {src.location} does not exist: fix model.weights (a path, the "
+                "official URL, or random)"
+            )
+        return
+    if not cached_path(src.location, weights_dir).is_file():
+        _probe(src.location, timeout_s)
+
+
+@lru_cache(maxsize=16)
+def _probe(url: str, timeout_s: float) -> None:
+    # once per URL and process: export and reference both check the same checkpoint
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"),
+                               timeout=timeout_s).close()
+    except urllib.error.HTTPError as error:
+        if error.code in (404, 410):
+            raise WeightsError(
+                f"model.weights={url} answered {error.code} {error.reason}: fix the URL, or "
+                "pass model.weights=/path/to/checkpoint.pth"
+            ) from None
+        # anything else (HEAD refused, a redirect the probe does not follow): it is there
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise WeightsError(
+            f"cannot reach model.weights={url} ({reason}) to download it: without network, "
+            "fetch it elsewhere and pass model.weights=/path/to/checkpoint.pth, or "
+            "model.weights=random for a run whose accuracy means nothing (debug=smoke)"
+        ) from None
+
+
 def fetch(src: WeightsSource, weights_dir: Path) -> Path | None:
     """Local path of the verified checkpoint; None for random weights."""
     if src.is_random:

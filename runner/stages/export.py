@@ -44,6 +44,10 @@ def onnx_spec(cfg: RunConfig) -> OnnxSpec:
     return OnnxSpec(m.input_name, m.output_name, m.input_size, m.opset)
 
 
+def check(settings: Settings) -> None:
+    settings.model.check()
+
+
 def export_onnx(net: nn.Module, spec: OnnxSpec, target: Path) -> None:
     import onnx
     import torch

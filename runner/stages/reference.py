@@ -60,6 +60,10 @@ def _device(name: str) -> str:
     return name
 
 
+def check(settings: Settings) -> None:
+    settings.model.check()
+
+
 def run(settings: Settings, inputs: dict[str, Path], out_dir: Path) -> StageOutput:
     import torch
 
