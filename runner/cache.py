@@ -5,6 +5,12 @@ a stage writes into `<key>.partial/` and the folder is renamed only after `resul
 A killed stage therefore leaves a `.partial` folder, never a finished-looking entry; chunked stages
 keep their finished chunks there (each written by rename too) and resume from them.
 A file lock per key keeps two processes (parallel sweep jobs) from computing the same entry.
+
+Integrity: `result.json` records every file's size and sha256, and a file finished inside a
+partial folder (a chunk) gets a `.<name>.sum` sidecar with the same, written after it. A lookup
+checks every size (and re-hashes small files; `cache.verify=full` re-hashes all), a resume keeps
+only chunks whose sidecar matches, so a damaged, truncated or half-written file is recomputed,
+never used.
 """
 
 from __future__ import annotations
@@ -14,8 +20,11 @@ import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
+import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -23,12 +32,25 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+import psutil
 
 from runner.errors import StorageError
+
+log = logging.getLogger("runner")
 
 RESULT_FILE = "result.json"
 # write failures that mean "this disk cannot take the output", as opposed to a bad input file
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
+VERIFY_MODES = ("size", "full")
+# files up to this size are re-hashed on every use even with cache.verify=size: JSON results and
+# manifests, whose damage a size check would miss, cost microseconds to hash
+SMALL_FILE = 1 << 20
+LOCK_POLL_S = 0.5
+LOCK_REPORT_S = 60.0  # how often a waiting run says again whom it waits for
+
+
+class DamagedEntry(Exception):
+    """A finished entry (or a chunk of a partial one) whose files do not match what was recorded."""
 
 
 @dataclass
@@ -100,28 +122,232 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.save(buffer, array)
     atomic_write_bytes(path, buffer.getbuffer())
+    seal(path, hashlib.sha256(buffer.getbuffer()).hexdigest())
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(f".{path.name}.sum")
+
+
+def seal(path: Path, sha256: str | None = None) -> None:
+    """Record a finished file's size and digest in its sidecar, written after the file: a file of a
+    partial folder without a matching sidecar is unfinished (or damaged) and is not resumed."""
+    record = {"size": path.stat().st_size, "sha256": sha256 or digest_file(path)}
+    atomic_write_text(_sidecar(path), json.dumps(record))
+
+
+def finish_file(tmp: Path, target: Path) -> None:
+    """Make `tmp` (filled in place, e.g. through a memory map) the finished file `target`."""
+    with open(tmp, "rb+") as stream:
+        os.fsync(stream.fileno())
+    os.replace(tmp, target)
+    seal(target)
+
+
+def _recorded(path: Path) -> tuple[int, str] | None:
+    """(size, sha256) from a file's sidecar, None when it has none or an unreadable one."""
+    try:
+        record = json.loads(_sidecar(path).read_text())
+        return int(record["size"]), str(record["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _check_file(path: Path, size: int, sha256: str, full: bool) -> str | None:
+    """Why `path` is not the file recorded as (size, sha256); None when it is."""
+    try:
+        stat = path.stat()
+    except OSError as error:
+        return f"{path} is missing ({error.strerror})"
+    if not path.is_file():
+        return f"{path} is not a regular file"
+    if stat.st_size != size:
+        return f"{path} has {stat.st_size} bytes where {size} were written"
+    if (full or size <= SMALL_FILE) and digest_file(path) != sha256:
+        return f"{path} does not have the sha256 recorded when it was written"
+    return None
+
+
+def _holder() -> dict[str, Any]:
+    process = psutil.Process()
+    return {"pid": process.pid, "host": socket.gethostname(), "started": process.create_time(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _holder_is_dead(holder: dict[str, Any]) -> bool:
+    """Whether the run that wrote `holder` into a lock file is gone (only knowable on its host; a
+    reused pid is told apart by its start time)."""
+    if holder.get("host") != socket.gethostname() or "pid" not in holder:
+        return False
+    try:
+        return abs(psutil.Process(int(holder["pid"])).create_time() - holder["started"]) > 1
+    except psutil.NoSuchProcess:
+        return True
+    except (psutil.Error, TypeError, ValueError, KeyError):
+        return False
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
 
 @contextmanager
 def _locked(lock_path: Path) -> Iterator[None]:
+    """The exclusive lock of one cache key, naming its holder (pid, host) inside the lock file.
+
+    The kernel releases an flock when every copy of its file descriptor is closed, so a run killed
+    with -9 normally frees it; a process that inherited the descriptor (a forked worker) would
+    keep it, so a waiter that finds the recorded holder dead takes the lock over by replacing the
+    lock file. Taking over and starting to hold both happen under `<lock>.takeover`, so a run that
+    just locked the file cannot lose it to a waiter that read the previous holder's pid.
+    """
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    guard_path = lock_path.with_name(f"{lock_path.name}.takeover")
+    waiting_since = reported = 0.0
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            yield
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                with _flocked(guard_path):
+                    if (_same_file(fd, lock_path) and _holder_is_dead(holder)
+                            and _read_holder(fd) == holder):
+                        log.warning("cache lock %s is held by pid %s on %s, which is gone (a "
+                                    "process it left behind keeps the lock): taking it over",
+                                    lock_path, holder.get("pid"), holder.get("host"))
+                        lock_path.unlink()
+                        continue
+                now = time.monotonic()
+                waiting_since = waiting_since or now
+                if now - reported >= LOCK_REPORT_S:
+                    who = (f"pid {holder['pid']} on {holder.get('host')} since "
+                           f"{holder.get('since')}") if "pid" in holder else "another run"
+                    log.warning("waiting for %s, held by %s (the same stage with the same "
+                                "inputs); it is released when that run ends", lock_path, who)
+                    reported = now
+                time.sleep(LOCK_POLL_S)
+                continue
+            with _flocked(guard_path):
+                if not _same_file(fd, lock_path):
+                    continue  # taken over by a waiter while this run was locking it: retry
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps(_holder()).encode(), 0)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)  # a released lock names no holder that could be taken over
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            return
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            os.close(fd)
 
 
-def _load_output(path: Path) -> StageOutput:
-    return StageOutput(**json.loads((path / RESULT_FILE).read_text()))
+@contextmanager
+def _flocked(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
-def lookup(cache_dir: Path, stage: str, key: str) -> CacheEntry | None:
+def _load_output(path: Path, full: bool) -> StageOutput:
+    """The output recorded in a finished entry, after checking its files against the record."""
+    result = path / RESULT_FILE
+    try:
+        record = json.loads(result.read_text())
+        files = record.pop("files")
+        if record.pop("digest") != digest_json({**record, "files": files}):
+            raise ValueError("its content does not match its digest")
+        output = StageOutput(**record)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else error
+        raise DamagedEntry(f"{result} is damaged or unreadable ({reason})") from None
+    for relative, (size, sha256) in files.items():
+        if (problem := _check_file(path / relative, size, sha256, full)) is not None:
+            raise DamagedEntry(problem)
+    return output
+
+
+def lookup(cache_dir: Path, stage: str, key: str, verify: str = "size") -> CacheEntry | None:
+    """The finished entry, None when there is none; DamagedEntry when its files are not the ones
+    written (sizes checked, small files re-hashed; every file re-hashed with verify="full")."""
     path = cache_dir / stage / key
-    if (path / RESULT_FILE).is_file():
-        return CacheEntry(stage, key, path, _load_output(path), hit=True)
-    return None
+    if not path.is_dir():
+        return None
+    return CacheEntry(stage, key, path, _load_output(path, verify == "full"), hit=True)
+
+
+def _is_temporary(path: Path) -> bool:
+    """The runner's own temporary and sidecar files are dot-files; a stage's outputs are not."""
+    return path.name.startswith(".")
+
+
+def _keep_finished(partial: Path, full: bool) -> None:
+    """Before resuming: keep the files of a partial folder whose sidecar matches them; remove the
+    rest (a half-written output, a leftover temporary file, a damaged chunk)."""
+    for path in sorted(p for p in partial.rglob("*") if p.is_file() or p.is_symlink()):
+        if _is_temporary(path):
+            if not (path.name.endswith(".sum") and path.with_name(path.name[1:-4]).exists()):
+                path.unlink()
+            continue
+        recorded = _recorded(path)
+        problem = None if recorded is None else _check_file(path, *recorded, full)
+        if problem is not None:
+            log.warning("%s: not resuming it, it is recomputed", problem)
+        if recorded is None or problem is not None:
+            path.unlink()
+            _sidecar(path).unlink(missing_ok=True)
+
+
+def _drop_unfinished(partial: Path) -> None:
+    """After a failure: only finished (sealed) files stay, so a full disk gets its space back and
+    nothing half-written remains; a partial folder left empty is removed."""
+    if not partial.is_dir():
+        return
+    for path in sorted(partial.rglob("*"), reverse=True):
+        if path.is_dir() and not path.is_symlink():
+            continue
+        sealed = not _is_temporary(path) and _recorded(path) is not None
+        sidecar_of_file = _is_temporary(path) and path.name.endswith(".sum") and (
+            path.with_name(path.name[1:-4]).exists())
+        if not (sealed or sidecar_of_file):
+            path.unlink(missing_ok=True)
+    for folder in sorted((p for p in partial.rglob("*") if p.is_dir()), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    if not any(partial.iterdir()):
+        partial.rmdir()
+
+
+def _seal_entry(partial: Path) -> dict[str, tuple[int, str]]:
+    """{relative path: (size, sha256)} of every output in a finished partial folder; sidecars
+    give the digests of chunks hashed when written, the other files are hashed here."""
+    files: dict[str, tuple[int, str]] = {}
+    for path in sorted(p for p in partial.rglob("*") if p.is_file()):
+        if _is_temporary(path) or (path.name == RESULT_FILE and path.parent == partial):
+            continue
+        size = path.stat().st_size
+        recorded = _recorded(path)
+        sha256 = recorded[1] if recorded is not None and recorded[0] == size else digest_file(path)
+        files[str(path.relative_to(partial))] = (size, sha256)
+    for path in [p for p in partial.rglob(".*") if p.is_file()]:
+        path.unlink()
+    return files
 
 
 def run_cached(
@@ -130,24 +356,38 @@ def run_cached(
     key: str,
     compute: Callable[[Path], StageOutput],
     force: bool = False,
+    verify: str = "size",
 ) -> CacheEntry:
-    """The finished entry for `key`, computing it with `compute(work_dir)` unless it exists."""
+    """The finished entry for `key`, computing it with `compute(work_dir)` unless it exists.
+    A damaged entry is reported, naming the file, and computed again."""
     final = cache_dir / stage / key
     partial = final.with_name(f"{key}.partial")
+    full = verify == "full"
     with _locked(final.with_name(f"{key}.lock")):
-        if not force and (entry := lookup(cache_dir, stage, key)) is not None:
-            return entry
+        if not force:
+            try:
+                if (entry := lookup(cache_dir, stage, key, verify)) is not None:
+                    return entry
+            except DamagedEntry as damage:
+                log.warning("the %s cache entry %s is damaged: %s; computing it again",
+                            stage, final, damage)
         if force and partial.exists():
             shutil.rmtree(partial)
         try:
             # an existing partial folder holds finished chunks to resume from
             partial.mkdir(parents=True, exist_ok=True)
+            _keep_finished(partial, full)
             output = compute(partial)
-            atomic_write_text(partial / RESULT_FILE, json.dumps(asdict(output), indent=2))
+            record = {**asdict(output), "files": _seal_entry(partial)}
+            record["digest"] = digest_json(record)
+            atomic_write_text(partial / RESULT_FILE, json.dumps(record, indent=2))
             if final.exists():
                 shutil.rmtree(final)
             os.rename(partial, final)
-        except OSError as error:
+        except BaseException as error:
+            _drop_unfinished(partial)
+            if not isinstance(error, OSError):
+                raise
             elsewhere = error.filename and not str(error.filename).startswith(str(cache_dir))
             if error.errno not in STORAGE_ERRNOS or elsewhere:
                 raise  # not a failure to write this entry (e.g. an unreadable input)

@@ -223,10 +223,14 @@ class MlflowConfig:
 class CacheConfig:
     # stages to recompute even when a finished entry exists; "all" for every stage
     force: list[str] = field(default_factory=list)
+    # how a cache hit is checked against the sizes and sha256 recorded when it was written:
+    # "size" (every file's size; files up to 1 MiB re-hashed) or "full" (every file re-hashed)
+    verify: str = "size"
 
     def __post_init__(self) -> None:
         for name in self.force:
             _check_choice("cache.force", name, (*STAGE_NAMES, "all"))
+        _check_choice("cache.verify", self.verify, ("size", "full"))
 
 
 @dataclass

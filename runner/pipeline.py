@@ -84,7 +84,7 @@ def run(
             return module.run(cfg, paths, out_dir)
 
         log.info("%s: key %s", name, key)
-        entry = run_cached(cfg.cache_dir, name, key, compute, force=force)
+        entry = run_cached(cfg.cache_dir, name, key, compute, force=force, verify=cfg.cache.verify)
         record = StageRecord(name, entry, time.perf_counter() - started)
         log.info("%s: %s in %.2f s (%s)", name, "cache hit" if entry.hit else "done",
                  record.seconds, entry.path)

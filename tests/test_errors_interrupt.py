@@ -101,7 +101,9 @@ def test_interrupted_run_ends_killed_keeps_complete_chunks_and_resumes(
     kept = _partial_chunks(space.cache)
     assert 2 <= len(kept) < NUM_IMAGES // CHUNK
     assert all(np.load(c).shape == (CHUNK, 224, 224, 3) for c in kept)
-    assert sorted(p.name for p in partial.iterdir()) == [c.name for c in kept]
+    # each chunk with its sidecar (size and sha256, checked when it is resumed), nothing else
+    assert sorted(p.name for p in partial.iterdir()) == sorted(
+        [c.name for c in kept] + [f".{c.name}.sum" for c in kept])
 
     space.run(*args)
     rerun = space.runs()[-1]

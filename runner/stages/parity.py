@@ -117,7 +117,8 @@ def reference_logits(cfg: RunConfig, dataset_dir: Path) -> np.ndarray:
         "code": {m: source_digest(m) for m in (__name__, *CODE, "runner.cache")},
     })[:24]
     entry = run_cached(cfg.cache_dir, REFERENCE_STAGE, key,
-                       lambda out_dir: _compute_reference(cfg, dataset_dir, out_dir))
+                       lambda out_dir: _compute_reference(cfg, dataset_dir, out_dir),
+                       verify=cfg.cache.verify)
     return load_logits(entry.artifact("logits"))
 
 

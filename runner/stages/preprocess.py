@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from runner.cache import StageOutput, atomic_write_text
+from runner.cache import StageOutput, atomic_write_text, finish_file
 from runner.config import PreprocessRecipe, RunConfig
 from runner.data import dataset, synthetic
 from runner.data.transforms import load_cropped
@@ -92,9 +92,7 @@ def _fill_chunks(chunks: dict[int, list[dataset.Sample]], recipe: PreprocessReci
                 progress.update(future.result())
             if pending:
                 in_flight.append(start(pool, pending.pop(0)))
-            with open(filling, "rb+") as stream:
-                os.fsync(stream.fileno())
-            os.replace(filling, out_dir / chunk_file(index))
+            finish_file(filling, out_dir / chunk_file(index))
     finally:
         # on an error (a broken image, Ctrl-C) drop the queued tasks instead of finishing them,
         # and the chunks they were filling: only whole chunk files stay for the next run
