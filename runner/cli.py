@@ -58,6 +58,11 @@ def run_job(cfg: DictConfig) -> dict[str, float]:
     check_writable(run_cfg.cache_dir, "paths.cache_dir")
     tree: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    # Hydra wrote the command line's overrides there verbatim, passwords included
+    hydra_files = sorted((run_dir / ".hydra").glob("*.yaml"))
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        hydra_files.append(Path(HydraConfig.get().sweep.dir) / "multirun.yaml")
+    redact.rewrite_files(hydra_files)
     with tracking.tracked_run(run_cfg, tree, run_dir, sweep=link) as run_id:
         log.info("MLflow run %s (%s)", run_id, redact.text(run_cfg.mlflow.tracking_uri))
         result = pipeline.run(run_cfg, on_stage=tracking.log_stage)
@@ -107,13 +112,24 @@ def describe(error: BaseException) -> str:
     return f"unexpected {type(error).__name__}: {_first_line(str(error))} ({DEBUG_HINT})"
 
 
+def _remember_secrets(cfg: DictConfig) -> None:
+    """Secrets of this job's config, masked in every text from here on (see `redact`)."""
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:  # an interpolation that fails is reported by validation
+        resolved = OmegaConf.to_container(cfg, resolve=False)
+    redact.remember(resolved)
+
+
 @hydra.main(version_base="1.3", config_path=str(config.PROJECT_ROOT / "conf"), config_name="config")
 def main(cfg: DictConfig) -> dict[str, float] | None:
+    _remember_secrets(cfg)
+    redact.install_log_filter()
     try:
         return run_job(cfg)
     except Exception as error:
         if cfg.get("debug"):
-            traceback.print_exc()
+            print(redact.text(traceback.format_exc()), end="", file=sys.stderr)
         message = redact.text(describe(error))
         log.error("%s", message)
         _close_progress_bars()

@@ -81,6 +81,12 @@ class SweepLink:
 
 
 def experiment_id(settings: MlflowConfig) -> str:
+    if redact.text(settings.experiment) != settings.experiment:
+        raise TrackingError(
+            "mlflow.experiment holds a secret (the value of a secret-named environment variable "
+            "or a URL password), which would be the experiment's name in MLflow: name the "
+            "experiment without it"
+        )
     mlflow.set_tracking_uri(settings.tracking_uri)
     # Two processes opening a new SQLite store at once both run MLflow's schema migrations
     # ("table ... already exists"), and both may create the experiment: one at a time per file.
@@ -180,7 +186,7 @@ def tracked_run(cfg: RunConfig, config_tree: dict[str, Any], run_dir: Path,
     check_store(cfg.mlflow)
     run = mlflow.start_run(
         experiment_id=experiment_id(cfg.mlflow),
-        run_name=f"{cfg.model.name}-{cfg.chip.name}-bs{cfg.bs}",
+        run_name=redact.text(f"{cfg.model.name}-{cfg.chip.name}-bs{cfg.bs}"),
         parent_run_id=sweep.parent_run_id if sweep is not None else None,
         tags=tags,
     )
