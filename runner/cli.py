@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import psutil
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
@@ -46,6 +47,26 @@ def summary_table(cfg: config.RunConfig, result: pipeline.PipelineResult) -> str
     return "\n".join(lines)
 
 
+def check_host(cfg: config.RunConfig) -> None:
+    """What this host cannot do, before any work: a batch larger than its memory (a MemoryError
+    after the export otherwise), CPU "devices" (worker processes) beyond its cores."""
+    size = cfg.model.input_size
+    batch_bytes = cfg.bs * 3 * size * size * 4  # one float32 input batch; the model needs more
+    memory = psutil.virtual_memory().total
+    if batch_bytes > memory:
+        raise ConfigError(
+            f"bs={cfg.bs}: one input batch of {cfg.bs}x3x{size}x{size} float32 is "
+            f"{batch_bytes / 1e9:.1f} GB, more than this host's {memory / 1e9:.1f} GB of memory; "
+            "lower bs"
+        )
+    cores = os.cpu_count() or 1
+    if cfg.chip.device_type == "cpu" and max(cfg.chip.devices) >= cores:
+        raise ConfigError(
+            f"chip.devices={cfg.chip.devices}: on the CPU a device is a worker process, one per "
+            f"core at most; this host has {cores} cores, so ids 0..{cores - 1}"
+        )
+
+
 def run_job(cfg: DictConfig) -> dict[str, float]:
     """One job: validate, run every configured stage inside an MLflow run; the metrics."""
     link = sweep.current_link()  # set when this job is part of a sweep (`-m`)
@@ -55,6 +76,7 @@ def run_job(cfg: DictConfig) -> dict[str, float]:
         if link is not None:  # so the sweep's table lists it with the other jobs
             tracking.record_invalid_config(cfg, error, link)
         raise
+    check_host(run_cfg)
     check_writable(run_cfg.cache_dir, "paths.cache_dir")
     tree: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -91,6 +113,15 @@ def _raised_by_hydra(error: BaseException) -> bool:
     return frame is not None and str(frame.f_globals.get("__name__")).startswith("hydra.")
 
 
+def _raised_in(error: BaseException, functions: set[str]) -> bool:
+    trace = error.__traceback__
+    while trace is not None:
+        if trace.tb_frame.f_code.co_name in functions:
+            return True
+        trace = trace.tb_next
+    return False
+
+
 def describe(error: BaseException) -> str:
     """One line for any error: a RunnerError's own message, Hydra's multi-line composition
     errors condensed, anything else named as unexpected, with the way to see its traceback."""
@@ -106,9 +137,18 @@ def describe(error: BaseException) -> str:
             parts.append(_first_line(str(error.__cause__)))
         return (": ".join(p for p in parts if p)
                 + " (python -m runner --help lists the groups, --cfg job the keys)")
-    if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS and error.filename:
-        return (f"cannot write {error.filename} ({error.strerror}): free space or choose "
-                "another folder (hydra.run.dir, paths.cache_dir, mlflow.artifact_location)")
+    folders = "hydra.run.dir, paths.cache_dir, mlflow.artifact_location"
+    if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
+        where = f" {error.filename}" if error.filename else " an output file"
+        return (f"cannot write{where} ({error.strerror or os.strerror(error.errno)}): free "
+                f"space or choose another folder ({folders})")
+    if isinstance(error, OSError) and error.filename and _raised_in(error, {"mkdir",
+                                                                            "makedirs"}):
+        return (f"cannot create the folder {error.filename} ({error.strerror}): choose another "
+                f"folder ({folders})")
+    if isinstance(error, MemoryError):
+        return (f"out of memory ({_first_line(str(error)) or 'MemoryError'}): lower bs, or "
+                "preprocess.workers / chip.devices, which each hold their own buffers")
     return f"unexpected {type(error).__name__}: {_first_line(str(error))} ({DEBUG_HINT})"
 
 
@@ -139,6 +179,20 @@ def main(cfg: DictConfig) -> dict[str, float] | None:
         raise SystemExit(1) from None
 
 
+def _validate_printed_config() -> None:
+    """`--cfg job` prints the config and runs nothing: it must still say (exit 1) when that
+    config would be refused, or `--cfg job bs=0` reads as a valid config."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+
+    args, _ = get_args_parser().parse_known_args()
+    if not args.cfg or args.multirun:  # a sweep's overrides are lists of values, not one config
+        return
+    overrides = [o for o in args.overrides if not o.lstrip("+~").startswith("hydra.")]
+    with initialize_config_dir(config_dir=str(config.PROJECT_ROOT / "conf"), version_base="1.3"):
+        config.validate(compose(args.config_name or "config", overrides=overrides))
+
+
 def entry() -> None:
     """`python -m runner`: Hydra's main, with every error as one line `runner: error: ...` and
     exit status 1 (tracebacks with debug=true or HYDRA_FULL_ERROR=1), and Ctrl-C or SIGTERM as
@@ -149,6 +203,7 @@ def entry() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors here instead of printing them
     try:
         main()
+        _validate_printed_config()
     except KeyboardInterrupt:
         signum = interrupts.received[-1] if interrupts.received else signal.SIGINT
         _close_progress_bars()
