@@ -147,20 +147,36 @@ def test_corrupt_onnx_and_unexpected_errors(space: Workspace, tmp_path: Path) ->
     private.db, private.tracking_uri = space.db, space.tracking_uri
     private.run(*SQUEEZE, "model.weights=random")
     (export_entry,) = [p for p in (private.cache / "export").iterdir() if p.is_dir()]
-    (export_entry / "model.onnx").write_bytes(b"\x08\x07garbage" * 100)
+    onnx_path = export_entry / "model.onnx"
+    # damage of the same size passes the default size check; the ONNX checker names the file
+    onnx_path.write_bytes(b"\x08\x07garbage".ljust(onnx_path.stat().st_size, b"\0"))
     convert = ("model.arch=torchvision.models.squeezenet1_1", "stage.stages=[export,convert]",
                "model.weights=random")
     _fails(private, *convert, expected=r"ONNX file .*/model.onnx is corrupt or not an ONNX model "
            r".*rerun with cache.force=\[export\]", run_started=True)
-    # a damaged cache index is no input error: one line all the same, and how to see more
+    # the full check finds it by its digest, and the entry is made again
+    fixed = private.run(*convert, "cache.verify=full")
+    assert re.search(r"export cache entry .* is damaged: .*model.onnx does not have the sha256",
+                     fixed.stdout + fixed.stderr)
+    # a damaged result.json: named and recomputed, not an unexpected JSONDecodeError
     (export_entry / "result.json").write_text('{"artifacts": ')
-    _fails(private, *convert, expected=r"^unexpected JSONDecodeError: .* \(rerun with debug=true "
-           r"for the traceback\)$", run_started=True)
+    again = private.run(*convert)
+    assert re.search(r"result.json is damaged or unreadable", again.stdout + again.stderr)
+    assert private.runs()[-1].data.tags["cache.export"] == "miss"
+    # an error nobody foresaw (here: a trusted architecture that divides by zero)
+    (tmp_path / "brokenpkg").mkdir()
+    (tmp_path / "brokenpkg" / "__init__.py").write_text("")
+    (tmp_path / "brokenpkg" / "models.py").write_text("def net(**kwargs):\n    return 1 / 0\n")
+    unexpected = ("model.arch=brokenpkg.models.net", "security.extra_arch_prefixes=[brokenpkg]",
+                  "stage.stages=[export]", "model.weights=random")
+    env = {"PYTHONPATH": str(tmp_path)}
+    _fails(private, *unexpected, env=env, expected=r"^unexpected ZeroDivisionError: division by "
+           r"zero \(rerun with debug=true for the traceback\)$", run_started=True)
     failed = private.runs()[-1]
     artifacts = Path(mlflow.artifacts.download_artifacts(run_id=failed.info.run_id,
                                                          tracking_uri=private.tracking_uri))
-    assert "json.decoder.JSONDecodeError" in (artifacts / "logs" / "traceback.txt").read_text()
-    debug = private.run(*convert, "debug=true", check=False)
+    assert "ZeroDivisionError" in (artifacts / "logs" / "traceback.txt").read_text()
+    debug = private.run(*unexpected, "debug=true", check=False, env=env)
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
     assert private.runs()[-1].info.status == "FAILED"
 
