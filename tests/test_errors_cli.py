@@ -307,11 +307,14 @@ def test_disk_full_fails_the_run_and_keeps_only_complete_chunks(space: Workspace
                         r"rerun", line), line
     assert space.runs()[-1].info.status == "FAILED"
     files = dict(row.rsplit(" ", 1) for row in (tmp_path / "files.txt").read_text().splitlines())
-    chunks = {name: int(size) for name, size in files.items() if "chunk_" in name}
+    chunks = {name: int(size) for name, size in files.items()
+              if "chunk_" in name and not name.rsplit("/", 1)[-1].startswith(".")}
     assert 1 <= len(chunks) < 6
     assert all(re.fullmatch(r"preprocess/\w+\.partial/chunk_\d{6}\.npy", n) for n in chunks)
     assert set(chunks.values()) == {4 * 224 * 224 * 3 + 128}  # complete .npy files only
     assert not [n for n in files if ".tmp-" in n or n.endswith("result.json")]
+    # every kept chunk has the sidecar that lets the rerun check it before resuming from it
+    assert all(n.replace("/chunk_", "/.chunk_") + ".sum" in files for n in chunks)
 
 
 @needs_tmpfs
