@@ -288,7 +288,7 @@ def _(space: Space, scratch: Path) -> tuple[Outcome, str | None]:
 @case("3 kill -9 mid-benchmark with chip.devices=[0,1]")
 def _(space: Space, scratch: Path) -> tuple[Outcome, str | None]:
     args = [*BASE, "stage=performance", "chip.devices=[0,1]", "chip.threads=1",
-            "benchmark.min_duration_s=30", "benchmark.warmup_min_s=0"]
+            "benchmark.min_duration_s=15", "benchmark.warmup_min_s=0", "benchmark.max_trials=1"]
     marker: list[float] = []
 
     def device_workers_busy(process: subprocess.Popen[bytes]) -> bool:
@@ -408,7 +408,7 @@ def _(space: Space, scratch: Path) -> tuple[Outcome, str | None]:
     return outcome, finished(outcome, private, "has 100 bytes where")
 
 
-@case("7 full artifact disk (64 KB tmpfs as mlflow.artifact_location)")
+@case("7 full artifact disk (4 KB tmpfs as mlflow.artifact_location)")
 def _(space: Space, scratch: Path) -> tuple[Outcome, str | None]:
     disk = scratch / "artifacts"
     disk.mkdir()
@@ -417,7 +417,7 @@ def _(space: Space, scratch: Path) -> tuple[Outcome, str | None]:
          "mlflow.experiment=tiny-artifacts"]))
     started = time.monotonic()
     done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
-                           f"mount -t tmpfs -o size=64k tmpfs {disk} && {command}"],
+                           f"mount -t tmpfs -o size=4k tmpfs {disk} && {command}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
     outcome = Outcome(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
     return outcome, one_line_error(outcome, "No space left on device")
