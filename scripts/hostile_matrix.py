@@ -540,10 +540,18 @@ CASES["new: password in an unreachable tracking server URI"] = _simple_error(
 CASES["new: secret env var in dataset.root"] = _simple_error(
     [*BASE, "stage.stages=[preprocess]", "dataset.root=/nonexistent/${oc.env:HOSTILE_TOKEN}"],
     "does not exist", env={"HOSTILE_TOKEN": SECRET}, secret=True)
-CASES["new: secret-named config value via env in a label path"] = _simple_error(
-    [*BASE, "stage.stages=[preprocess]", "dataset=synthetic",
-     "dataset.labels=${oc.env:HOSTILE_SECRET}.txt"],
-    "does not exist", env={"HOSTILE_SECRET": SECRET}, secret=True)
+
+
+@case("new: secret env var in a label file name, a run that succeeds")
+def _(space: Space, scratch: Path) -> tuple[Outcome, str | None]:
+    private = Space(scratch / "private")  # its own store: only this run's records are scanned
+    private.root.mkdir()
+    outcome = private.run([*BASE, "stage.stages=[preprocess]", "dataset=synthetic",
+                           "dataset.synthetic.num_images=8",
+                           "dataset.labels=${oc.env:HOSTILE_SECRET}.txt"],
+                          env={"HOSTILE_SECRET": SECRET})
+    # the secret names the generated label file (its name, in the cache): no file holds it
+    return outcome, first(finished(outcome, private), secret_nowhere(private, outcome))
 CASES["new: paths.cache_dir is a file"] = _prepare(
     lambda s: (s / "cachefile").write_text("x"),
     [*BASE, "stage.stages=[export]", "paths.cache_dir={scratch}/cachefile"],
