@@ -5,6 +5,12 @@ a stage writes into `<key>.partial/` and the folder is renamed only after `resul
 A killed stage therefore leaves a `.partial` folder, never a finished-looking entry; chunked stages
 keep their finished chunks there (each written by rename too) and resume from them.
 A file lock per key keeps two processes (parallel sweep jobs) from computing the same entry.
+
+Integrity: `result.json` records every file's size and sha256, and a file finished inside a
+partial folder (a chunk) gets a `.<name>.sum` sidecar with the same, written after it. A lookup
+checks every size (and re-hashes small files; `cache.verify=full` re-hashes all), a resume keeps
+only chunks whose sidecar matches, so a damaged, truncated or half-written file is recomputed,
+never used.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import errno
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -26,9 +33,19 @@ import numpy as np
 from runner.errors import StorageError
 from runner.locks import file_lock
 
+log = logging.getLogger("runner")
+
 RESULT_FILE = "result.json"
 # write failures that mean "this disk cannot take the output", as opposed to a bad input file
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
+VERIFY_MODES = ("size", "full")
+# files up to this size are re-hashed on every use even with cache.verify=size: JSON results and
+# manifests, whose damage a size check would miss, cost microseconds to hash
+SMALL_FILE = 1 << 20
+
+
+class DamagedEntry(Exception):
+    """A finished entry (or a chunk of a partial one) whose files do not match what was recorded."""
 
 
 @dataclass
@@ -115,17 +132,148 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.save(buffer, array)
     atomic_write_bytes(path, buffer.getbuffer())
+    seal(path, hashlib.sha256(buffer.getbuffer()).hexdigest())
 
 
-def _load_output(path: Path) -> StageOutput:
-    return StageOutput(**json.loads((path / RESULT_FILE).read_text()))
+def _sidecar(path: Path) -> Path:
+    return path.with_name(f".{path.name}.sum")
 
 
-def lookup(cache_dir: Path, stage: str, key: str) -> CacheEntry | None:
-    path = cache_dir / stage / key
-    if (path / RESULT_FILE).is_file():
-        return CacheEntry(stage, key, path, _load_output(path), hit=True)
+def seal(path: Path, sha256: str | None = None) -> None:
+    """Record a finished file's size and digest in its sidecar, written after the file: a file of a
+    partial folder without a matching sidecar is unfinished (or damaged) and is not resumed."""
+    record = {"size": path.stat().st_size, "sha256": sha256 or digest_file(path)}
+    atomic_write_text(_sidecar(path), json.dumps(record))
+
+
+def finish_file(tmp: Path, target: Path) -> None:
+    """Make `tmp` (filled in place, e.g. through a memory map) the finished file `target`."""
+    with open(tmp, "rb+") as stream:
+        os.fsync(stream.fileno())
+    os.replace(tmp, target)
+    seal(target)
+
+
+def _recorded(path: Path) -> tuple[int, str] | None:
+    """(size, sha256) from a file's sidecar, None when it has none or an unreadable one."""
+    try:
+        record = json.loads(_sidecar(path).read_text())
+        return int(record["size"]), str(record["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _check_file(path: Path, size: int, sha256: str, full: bool) -> str | None:
+    """Why `path` is not the file recorded as (size, sha256); None when it is."""
+    try:
+        stat = path.stat()
+    except OSError as error:
+        return f"{path} is missing ({error.strerror})"
+    if not path.is_file():
+        return f"{path} is not a regular file"
+    if stat.st_size != size:
+        return f"{path} has {stat.st_size} bytes where {size} were written"
+    if (full or size <= SMALL_FILE) and digest_file(path) != sha256:
+        return f"{path} does not have the sha256 recorded when it was written"
     return None
+
+
+
+
+
+
+
+
+
+
+def _load_output(path: Path, full: bool) -> StageOutput:
+    """The output recorded in a finished entry, after checking its files against the record."""
+    result = path / RESULT_FILE
+    try:
+        record = json.loads(result.read_text())
+        files = record.pop("files")
+        if record.pop("digest") != digest_json({**record, "files": files}):
+            raise ValueError("its content does not match its digest")
+        output = StageOutput(**record)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else error
+        raise DamagedEntry(f"{result} is damaged or unreadable ({reason})") from None
+    for relative, (size, sha256) in files.items():
+        if (problem := _check_file(path / relative, size, sha256, full)) is not None:
+            raise DamagedEntry(problem)
+    return output
+
+
+def lookup(cache_dir: Path, stage: str, key: str, verify: str = "size") -> CacheEntry | None:
+    """The finished entry, None when there is none; DamagedEntry when its files are not the ones
+    written (sizes checked, small files re-hashed; every file re-hashed with verify="full")."""
+    path = cache_dir / stage / key
+    if not path.is_dir():
+        return None
+    return CacheEntry(stage, key, path, _load_output(path, verify == "full"), hit=True)
+
+
+def _is_temporary(path: Path) -> bool:
+    """The runner's own temporary and sidecar files are dot-files; a stage's outputs are not."""
+    return path.name.startswith(".")
+
+
+def _keep_finished(partial: Path, full: bool) -> None:
+    """Before resuming: keep the files of a partial folder whose sidecar matches them; remove the
+    rest (a half-written output, a leftover temporary file, a damaged chunk)."""
+    for path in sorted(p for p in partial.rglob("*") if p.is_file() or p.is_symlink()):
+        if _is_temporary(path):
+            if not (path.name.endswith(".sum") and path.with_name(path.name[1:-4]).exists()):
+                path.unlink()
+            continue
+        recorded = _recorded(path)
+        problem = None if recorded is None else _check_file(path, *recorded, full)
+        if problem is not None:
+            log.warning("%s: not resuming it, it is recomputed", problem)
+        if recorded is None or problem is not None:
+            path.unlink()
+            _sidecar(path).unlink(missing_ok=True)
+
+
+def _drop_unfinished(partial: Path) -> None:
+    """After a failure: only finished (sealed) files stay, so a full disk gets its space back and
+    nothing half-written remains; a partial folder left empty is removed."""
+    if not partial.is_dir():
+        return
+    for path in sorted(partial.rglob("*"), reverse=True):
+        if path.is_dir() and not path.is_symlink():
+            continue
+        sealed = not _is_temporary(path) and _recorded(path) is not None
+        sidecar_of_file = _is_temporary(path) and path.name.endswith(".sum") and (
+            path.with_name(path.name[1:-4]).exists())
+        if not (sealed or sidecar_of_file):
+            path.unlink(missing_ok=True)
+    for folder in sorted((p for p in partial.rglob("*") if p.is_dir()), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    if not any(partial.iterdir()):
+        partial.rmdir()
+
+
+def _seal_entry(partial: Path) -> dict[str, tuple[int, str]]:
+    """{relative path: (size, sha256)} of every output in a finished partial folder; sidecars
+    give the digests of chunks hashed when written, the other files are hashed here."""
+    files: dict[str, tuple[int, str]] = {}
+    for path in sorted(p for p in partial.rglob("*") if p.is_file()):
+        if _is_temporary(path) or (path.name == RESULT_FILE and path.parent == partial):
+            continue
+        size = path.stat().st_size
+        recorded = _recorded(path)
+        sha256 = recorded[1] if recorded is not None and recorded[0] == size else digest_file(path)
+        files[str(path.relative_to(partial))] = (size, sha256)
+    for path in [p for p in partial.rglob(".*") if p.is_file()]:
+        path.unlink()
+    return files
+
+
+def _say_waiting(path: Path, holder: str) -> None:
+    log.warning("waiting for %s, held by %s (the same stage with the same inputs); it is "
+                "released when that run ends", path, holder)
 
 
 def run_cached(
@@ -134,24 +282,38 @@ def run_cached(
     key: str,
     compute: Callable[[Path], StageOutput],
     force: bool = False,
+    verify: str = "size",
 ) -> CacheEntry:
-    """The finished entry for `key`, computing it with `compute(work_dir)` unless it exists."""
+    """The finished entry for `key`, computing it with `compute(work_dir)` unless it exists.
+    A damaged entry is reported, naming the file, and computed again."""
     final = cache_dir / stage / key
     partial = final.with_name(f"{key}.partial")
-    with file_lock(final.with_name(f"{key}.lock")):
-        if not force and (entry := lookup(cache_dir, stage, key)) is not None:
-            return entry
+    full = verify == "full"
+    with file_lock(final.with_name(f"{key}.lock"), on_wait=_say_waiting):
+        if not force:
+            try:
+                if (entry := lookup(cache_dir, stage, key, verify)) is not None:
+                    return entry
+            except DamagedEntry as damage:
+                log.warning("the %s cache entry %s is damaged: %s; computing it again",
+                            stage, final, damage)
         if force and partial.exists():
             shutil.rmtree(partial)
         try:
             # an existing partial folder holds finished chunks to resume from
             partial.mkdir(parents=True, exist_ok=True)
+            _keep_finished(partial, full)
             output = compute(partial)
-            atomic_write_text(partial / RESULT_FILE, json.dumps(asdict(output), indent=2))
+            record = {**asdict(output), "files": _seal_entry(partial)}
+            record["digest"] = digest_json(record)
+            atomic_write_text(partial / RESULT_FILE, json.dumps(record, indent=2))
             if final.exists():
                 shutil.rmtree(final)
             os.rename(partial, final)
-        except OSError as error:
+        except BaseException as error:
+            _drop_unfinished(partial)
+            if not isinstance(error, OSError):
+                raise
             elsewhere = error.filename and not str(error.filename).startswith(str(cache_dir))
             if error.errno not in STORAGE_ERRNOS or elsewhere:
                 raise  # not a failure to write this entry (e.g. an unreadable input)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
+import psutil
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
@@ -19,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from runner import config, interrupts, redact, sweep
-from runner.errors import RunnerError
+from runner.errors import ConfigError, RunnerError
 
 if TYPE_CHECKING:  # numpy comes with them: imported once there is work to do (fast --help)
     from runner import pipeline
@@ -60,6 +61,26 @@ def summary_table(cfg: config.RunConfig, result: pipeline.PipelineResult) -> str
     return "\n".join(lines)
 
 
+def check_host(cfg: config.RunConfig) -> None:
+    """What this host cannot do, before any work: a batch larger than its memory (a MemoryError
+    after the export otherwise), CPU "devices" (worker processes) beyond its cores."""
+    size = cfg.model.input_size
+    batch_bytes = cfg.bs * 3 * size * size * 4  # one float32 input batch; the model needs more
+    memory = psutil.virtual_memory().total
+    if batch_bytes > memory:
+        raise ConfigError(
+            f"bs={cfg.bs}: one input batch of {cfg.bs}x3x{size}x{size} float32 is "
+            f"{batch_bytes / 1e9:.1f} GB, more than this host's {memory / 1e9:.1f} GB of memory; "
+            "lower bs"
+        )
+    cores = os.cpu_count() or 1
+    if cfg.chip.device_type == "cpu" and max(cfg.chip.devices) >= cores:
+        raise ConfigError(
+            f"chip.devices={cfg.chip.devices}: on the CPU a device is a worker process, one per "
+            f"core at most; this host has {cores} cores, so ids 0..{cores - 1}"
+        )
+
+
 def run_job(cfg: DictConfig) -> dict[str, float]:
     """One job: validate and plan (every check that needs no work), then run every stage inside
     an MLflow run; the metrics."""
@@ -69,6 +90,7 @@ def run_job(cfg: DictConfig) -> dict[str, float]:
     link = sweep.current_link()  # set when this job is part of a sweep (`-m`)
     try:
         run_cfg = config.validate(cfg)
+        check_host(run_cfg)
         check_writable(run_cfg.cache_dir, "paths.cache_dir")
         planned = pipeline.plan(run_cfg)
     except RunnerError as error:
@@ -83,12 +105,17 @@ def run_job(cfg: DictConfig) -> dict[str, float]:
     tree: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    # Hydra wrote the command line's overrides there verbatim, passwords included
+    hydra_files = sorted((run_dir / ".hydra").glob("*.yaml"))
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        hydra_files.append(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
+    redact.rewrite_files(hydra_files)
     with tracking.tracked_run(run_cfg, tree, run_dir, sweep=link,
                               overrides=list(hydra_cfg.overrides.task),
                               choices=dict(hydra_cfg.runtime.choices)) as run:
         log.info("MLflow run %s (%s)", run.run_id, redact.text(run_cfg.mlflow.tracking_uri))
         result = pipeline.run(planned, run_cfg.cache_dir, on_stage=tracking.log_stage,
-                              run_id=run.run_id)
+                              run_id=run.run_id, verify=run_cfg.cache.verify)
     print(summary_table(run_cfg, result))
     for line in run.summary_lines:
         print(line)
@@ -157,6 +184,15 @@ def _raised_by_hydra(error: BaseException) -> bool:
     return frame is not None and str(frame.f_globals.get("__name__")).startswith("hydra.")
 
 
+def _raised_in(error: BaseException, functions: set[str]) -> bool:
+    trace = error.__traceback__
+    while trace is not None:
+        if trace.tb_frame.f_code.co_name in functions:
+            return True
+        trace = trace.tb_next
+    return False
+
+
 def describe(error: BaseException) -> str:
     """One line for any error: a RunnerError's own message, Hydra's multi-line composition
     errors condensed, anything else named as unexpected, with the way to see its traceback."""
@@ -174,19 +210,39 @@ def describe(error: BaseException) -> str:
                 + " (python -m runner --help lists the groups, --cfg job the keys)")
     from runner.cache import STORAGE_ERRNOS
 
-    if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS and error.filename:
-        return (f"cannot write {error.filename} ({error.strerror}): free space or choose "
-                "another folder (hydra.run.dir, paths.cache_dir, mlflow.artifact_location)")
+    folders = "hydra.run.dir, paths.cache_dir, mlflow.artifact_location"
+    if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
+        where = f" {error.filename}" if error.filename else " an output file"
+        return (f"cannot write{where} ({error.strerror or os.strerror(error.errno)}): free "
+                f"space or choose another folder ({folders})")
+    if isinstance(error, OSError) and error.filename and _raised_in(error, {"mkdir",
+                                                                            "makedirs"}):
+        return (f"cannot create the folder {error.filename} ({error.strerror}): choose another "
+                f"folder ({folders})")
+    if isinstance(error, MemoryError):
+        return (f"out of memory ({_first_line(str(error)) or 'MemoryError'}): lower bs, or "
+                "preprocess.workers / chip.devices, which each hold their own buffers")
     return f"unexpected {type(error).__name__}: {_first_line(str(error))} ({DEBUG_HINT})"
+
+
+def _remember_secrets(cfg: DictConfig) -> None:
+    """Secrets of this job's config, masked in every text from here on (see `redact`)."""
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:  # an interpolation that fails is reported by validation
+        resolved = OmegaConf.to_container(cfg, resolve=False)
+    redact.remember(resolved)
 
 
 @hydra.main(version_base="1.3", config_path=str(config.PROJECT_ROOT / "conf"), config_name="config")
 def main(cfg: DictConfig) -> dict[str, float] | None:
+    _remember_secrets(cfg)
+    redact.install_log_filter()
     try:
         return run_job(cfg)
     except Exception as error:
         if cfg.get("traceback"):
-            traceback.print_exc()
+            print(redact.text(traceback.format_exc()), end="", file=sys.stderr)
         message = redact.text(describe(error))
         log.error("%s", message)
         _close_progress_bars()
@@ -194,6 +250,20 @@ def main(cfg: DictConfig) -> dict[str, float] | None:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             return None  # the other jobs of the sweep still run
         raise SystemExit(1) from None
+
+
+def _validate_printed_config() -> None:
+    """`--cfg job` prints the config and runs nothing: it must still say (exit 1) when that
+    config would be refused, or `--cfg job bs=0` reads as a valid config."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+
+    args, _ = get_args_parser().parse_known_args()
+    if not args.cfg or args.multirun:  # a sweep's overrides are lists of values, not one config
+        return
+    overrides = [o for o in args.overrides if not o.lstrip("+~").startswith("hydra.")]
+    with initialize_config_dir(config_dir=str(config.PROJECT_ROOT / "conf"), version_base="1.3"):
+        config.validate(compose(args.config_name or "config", overrides=overrides))
 
 
 def entry() -> None:
@@ -211,6 +281,7 @@ def entry() -> None:
                 print(page)
                 return
         main()
+        _validate_printed_config()
     except KeyboardInterrupt:
         signum = interrupts.received[-1] if interrupts.received else signal.SIGINT
         _close_progress_bars()

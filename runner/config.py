@@ -396,10 +396,14 @@ class CacheConfig:
     # measurements (benchmark, e2e) are measured anew on every run; true reuses a finished one
     # (as resuming an interrupted sweep wants), and every place the figure shows says so
     reuse_measurements: bool = False
+    # how a cache hit is checked against the sizes and sha256 recorded when it was written:
+    # "size" (every file's size; files up to 1 MiB re-hashed) or "full" (every file re-hashed)
+    verify: str = "size"
 
     def __post_init__(self) -> None:
         for name in self.force:
             _check_choice("cache.force", name, (*STAGE_NAMES, "all"))
+        _check_choice("cache.verify", self.verify, ("size", "full"))
 
 
 @dataclass

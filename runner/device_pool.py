@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from runner.errors import RunnerError
+from runner.interrupts import die_with_parent
 
 log = logging.getLogger("runner")
 T = TypeVar("T")
@@ -65,6 +66,7 @@ def keep_busy_until_all_done(run_once: Callable[[], Any]) -> int:
 def _worker_main(worker: Callable[..., Any], device: int, args: tuple[Any, ...], barrier: Any,
                  finished: Any, results: Any) -> None:
     global _start_barrier, _finished, _worker_count
+    die_with_parent()  # a killed runner must not leave workers holding its devices
     _start_barrier, _finished, _worker_count = barrier, finished, barrier.parties
     try:
         results.put((device, True, worker(device, *args)))

@@ -131,8 +131,9 @@ def provenance(run_id: str | None) -> dict[str, Any]:
 
 def run(planned: list[PlannedStage], cache_dir: Path,
         on_stage: Callable[[StageRecord], None] | None = None,
-        run_id: str | None = None) -> PipelineResult:
-    """The planned stages in order; `run_id` is the MLflow run they are made in, if any."""
+        run_id: str | None = None, verify: str = "size") -> PipelineResult:
+    """The planned stages in order; `run_id` is the MLflow run they are made in, if any;
+    `verify` how a cache hit's files are checked (cache.verify)."""
     produced: dict[str, CacheEntry] = {}  # artifact name -> the entry holding it
     result = PipelineResult()
     for stage in planned:
@@ -148,7 +149,7 @@ def run(planned: list[PlannedStage], cache_dir: Path,
             return output
 
         log.info("%s: key %s", stage.name, key)
-        entry = run_cached(cache_dir, stage.name, key, compute, force=stage.force)
+        entry = run_cached(cache_dir, stage.name, key, compute, force=stage.force, verify=verify)
         record = StageRecord(stage.name, entry, time.perf_counter() - started, stage.measures)
         log.info("%s: %s in %.2f s (%s)", stage.name, "cache hit" if entry.hit else "done",
                  record.seconds, entry.path)

@@ -172,8 +172,8 @@ class SweepCallback(Callback):
             self._open(config)
         except Exception as error:
             # the jobs could not be tracked either: stop before running any
-            print(f"runner: error: cannot open the sweep's MLflow run at "
-                  f"{config.mlflow.tracking_uri}: {type(error).__name__}: {error}",
+            print(redact.text(f"runner: error: cannot open the sweep's MLflow run at "
+                              f"{config.mlflow.tracking_uri}: {type(error).__name__}: {error}"),
                   file=sys.stderr)
             raise SystemExit(1) from None
         atexit.register(self._close_if_stopped, config)

@@ -10,12 +10,13 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import sys
 import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from runner import environment, redact, report
+from runner.cache import check_writable
 from runner.config import MlflowConfig, RunConfig
 from runner.errors import TrackingError
 from runner.locks import file_lock
@@ -60,15 +62,58 @@ def check_store(settings: MlflowConfig, timeout_s: float = 5.0) -> None:
                 "mlflow.tracking_uri=sqlite:///path/to/mlflow.db"
             ) from None
     elif parts.scheme == "sqlite":
-        folder = Path(uri.removeprefix("sqlite:///")).parent
+        db = Path(uri.removeprefix("sqlite:///"))
+        folder = db.parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise TrackingError(
                 f"mlflow.tracking_uri={shown}: folder {folder} does not exist or is not "
                 "writable; create it or pass another mlflow.tracking_uri"
             )
+        _check_sqlite_file(db, shown)
+    elif parts.scheme and parts.scheme not in ("file", "databricks"):
+        _check_database_driver(uri, shown)
+    location = settings.artifact_location
+    if parts.scheme not in ("http", "https") and not urlparse(location).scheme:
+        # MLflow would fail on its first artifact, after the work, with a bare FileNotFoundError
+        check_writable(Path(location), "mlflow.artifact_location")
+
+
+def _check_sqlite_file(db: Path, shown: str) -> None:
+    """An existing SQLite store must be a database MLflow can open (not a damaged file)."""
+    if not db.exists():
+        return
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as connection:
+            connection.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.Error as error:
+        raise TrackingError(
+            f"mlflow.tracking_uri={shown}: {db} cannot be opened as an SQLite database ({error}):"
+            " restore it from a backup, or move it away and pass another mlflow.tracking_uri"
+        ) from None
+
+
+def _check_database_driver(uri: str, shown: str) -> None:
+    """postgresql://, mysql://...: the driver SQLAlchemy needs must be installed."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(uri).get_dialect().import_dbapi()
+    except (ImportError, NoSuchModuleError, ArgumentError) as error:
+        raise TrackingError(
+            f"mlflow.tracking_uri={shown}: the database driver cannot be loaded ({error}): "
+            "install it (e.g. pip install psycopg2-binary for postgresql, pymysql for "
+            "mysql+pymysql) or pass mlflow.tracking_uri=sqlite:///path/to/mlflow.db"
+        ) from None
 
 
 def experiment_id(settings: MlflowConfig) -> str:
+    if redact.text(settings.experiment) != settings.experiment:
+        raise TrackingError(
+            "mlflow.experiment holds a secret (the value of a secret-named environment variable "
+            "or a URL password), which would be the experiment's name in MLflow: name the "
+            "experiment without it"
+        )
     mlflow.set_tracking_uri(settings.tracking_uri)
     # Two processes opening a new SQLite store at once both run MLflow's schema migrations
     # ("table ... already exists"), and both may create the experiment: one at a time per file.
@@ -248,7 +293,7 @@ def tracked_run(cfg: RunConfig, config_tree: dict[str, Any], run_dir: Path,
     experiment = experiment_id(cfg.mlflow)
     run = mlflow.start_run(
         experiment_id=experiment,
-        run_name=f"{cfg.model.name}-{cfg.chip.name}-bs{cfg.bs}",
+        run_name=redact.text(f"{cfg.model.name}-{cfg.chip.name}-bs{cfg.bs}"),
         parent_run_id=sweep.parent_run_id if sweep is not None else None,
         tags=tags,
     )

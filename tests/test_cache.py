@@ -2,27 +2,47 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import multiprocessing
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
-from runner.cache import StageOutput, atomic_save_npy, lookup, run_cached
+from runner.cache import (
+    DamagedEntry,
+    StageOutput,
+    _locked,
+    atomic_save_npy,
+    atomic_write_text,
+    lookup,
+    run_cached,
+)
+from runner.config import PROJECT_ROOT
+from runner.errors import StorageError
 
 
-def test_a_failed_compute_leaves_no_finished_entry(tmp_path: Path) -> None:
+def test_a_failed_compute_leaves_no_finished_entry_and_nothing_half_written(
+        tmp_path: Path) -> None:
     def broken(out_dir: Path) -> StageOutput:
-        (out_dir / "half.txt").write_text("half")
+        atomic_save_npy(out_dir / "chunk0.npy", np.zeros(3))  # finished: kept for the rerun
+        (out_dir / "half.txt").write_text("half")  # written directly: may be half-written
         raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError):
         run_cached(tmp_path, "stage", "k1", broken)
     assert lookup(tmp_path, "stage", "k1") is None
     assert not (tmp_path / "stage" / "k1").exists()
-    assert (tmp_path / "stage" / "k1.partial" / "half.txt").exists()
+    partial = tmp_path / "stage" / "k1.partial"
+    assert sorted(p.name for p in partial.iterdir()) == [".chunk0.npy.sum", "chunk0.npy"]
 
 
 def test_a_rerun_resumes_from_the_partial_folder_and_then_hits(tmp_path: Path) -> None:
@@ -83,3 +103,161 @@ def test_two_processes_compute_one_entry_once(tmp_path: Path) -> None:
         hits = pool.map(_slow_compute, [(str(tmp_path / "cache"), str(marker))] * 2)
     assert marker.read_text().count("start") == 1
     assert sorted(hits) == [False, True]
+
+
+# --- integrity: a damaged file is named and recomputed, never used -------------------------
+
+
+def _chunked_stage(calls: list[int]):
+    def compute(out_dir: Path) -> StageOutput:
+        calls.append(1)
+        for index in range(2):
+            if not (out_dir / f"chunk{index}.npy").exists():
+                pixels = np.full((1100, 1024), index, np.uint8)  # 1.1 MB: above SMALL_FILE
+                atomic_save_npy(out_dir / f"chunk{index}.npy", pixels)
+        atomic_write_text(out_dir / "manifest.json", json.dumps({"chunks": 2}))
+        return StageOutput(artifacts={"data": "."}, metrics={"n": 2.0})
+    return compute
+
+
+def _invert(path: Path) -> None:
+    """What the issue did: the pixels of a finished chunk inverted in place (same size)."""
+    pixels = np.load(path, mmap_mode="r+")
+    pixels[:] = 255 - pixels
+    pixels.flush()
+
+
+@pytest.mark.parametrize(("damage", "verify", "expected"), [
+    (lambda e: _invert(e / "chunk1.npy"), "full", r"chunk1.npy does not have the sha256"),
+    (lambda e: os.truncate(e / "chunk0.npy", 100), "size", r"chunk0.npy has 100 bytes where"),
+    (lambda e: (e / "chunk0.npy").unlink(), "size", r"chunk0.npy is missing"),
+    (lambda e: (e / "manifest.json").write_text('{"chunks": 3}'), "size",
+     r"manifest.json does not have the sha256"),
+    (lambda e: (e / "result.json").write_text('{"artifacts": '), "size",
+     r"result.json is damaged or unreadable"),
+    (lambda e: (e / "result.json").write_text(
+        (e / "result.json").read_text().replace('"n": 2.0', '"n": 3.0')), "size",
+     r"result.json is damaged or unreadable \(its content does not match its digest\)"),
+])
+def test_a_damaged_entry_is_named_and_recomputed(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                 damage, verify: str, expected: str) -> None:
+    calls: list[int] = []
+    entry = run_cached(tmp_path, "s", "k", _chunked_stage(calls))
+    assert run_cached(tmp_path, "s", "k", _chunked_stage(calls), verify=verify).hit
+    damage(entry.path)
+    with pytest.raises(DamagedEntry, match=expected):
+        lookup(tmp_path, "s", "k", verify)
+    with caplog.at_level(logging.WARNING, logger="runner"):
+        again = run_cached(tmp_path, "s", "k", _chunked_stage(calls), verify=verify)
+    assert not again.hit and len(calls) == 2
+    assert any("is damaged" in r.getMessage() and "computing it again" in r.getMessage()
+               for r in caplog.records)
+    assert np.load(again.path / "chunk1.npy").max() == 1  # the recomputed pixels, not inverted
+    assert lookup(tmp_path, "s", "k", "full") is not None
+
+
+def test_same_size_damage_needs_the_full_check(tmp_path: Path) -> None:
+    """The default check is sizes (and files up to 1 MiB re-hashed); verify=full re-hashes
+    all (the chunks here are 1.1 MB)."""
+    entry = run_cached(tmp_path, "s", "k", _chunked_stage([]))
+    _invert(entry.path / "chunk1.npy")
+    assert lookup(tmp_path, "s", "k", "size") is not None
+    with pytest.raises(DamagedEntry):
+        lookup(tmp_path, "s", "k", "full")
+
+
+def test_a_resumed_partial_folder_keeps_only_sealed_matching_chunks(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    partial = tmp_path / "s" / "k.partial"
+    partial.mkdir(parents=True)
+    atomic_save_npy(partial / "chunk0.npy", np.zeros((64, 64), np.uint8))
+    atomic_save_npy(partial / "chunk1.npy", np.ones((64, 64), np.uint8))
+    os.truncate(partial / "chunk1.npy", 200)  # damaged after it was sealed
+    (partial / "manifest.json").write_text("{")  # unsealed: maybe half-written
+    (partial / ".chunk2.npy.tmp-123").write_bytes(b"x")  # a killed run's temporary file
+    seen: list[list[str]] = []
+
+    def compute(out_dir: Path) -> StageOutput:
+        seen.append(sorted(p.name for p in out_dir.iterdir() if not p.name.startswith(".")))
+        return _chunked_stage([])(out_dir)
+
+    with caplog.at_level(logging.WARNING, logger="runner"):
+        entry = run_cached(tmp_path, "s", "k", compute)
+    assert seen == [["chunk0.npy"]]
+    assert any("chunk1.npy has 200 bytes" in r.getMessage() for r in caplog.records)
+    assert sorted(p.name for p in entry.path.iterdir()) == [
+        "chunk0.npy", "chunk1.npy", "manifest.json", "result.json"]
+
+
+def test_a_full_disk_leaves_no_half_written_file(tmp_path: Path) -> None:
+    """Export writes model.onnx straight into the partial folder; ENOSPC must not leave it."""
+    cache = tmp_path / "cache"
+
+    def export(out_dir: Path) -> StageOutput:
+        (out_dir / "model.onnx").write_bytes(b"\0" * 4096)
+        raise OSError(errno.ENOSPC, "No space left on device", str(out_dir / "model.onnx"))
+
+    with pytest.raises(StorageError, match=r"cannot write the export cache entry"):
+        run_cached(cache, "export", "k", export)
+    assert not (cache / "export" / "k.partial").exists()
+    assert not (cache / "export" / "k").exists()
+
+
+# --- the per-key lock: whom a run waits for, and a holder that is gone ------------------------
+
+_HOLD = """
+import os, sys, time
+from pathlib import Path
+from runner.cache import _locked
+with _locked(Path(sys.argv[1])):
+    if sys.argv[2] == "orphan":
+        # a forked worker inherits the lock's descriptor and outlives the killed run
+        if os.fork() == 0:
+            time.sleep(120)
+            os._exit(0)
+    print("locked", flush=True)
+    if sys.argv[2] == "orphan":
+        os.kill(os.getpid(), 9)
+    time.sleep(float(sys.argv[3]))
+"""
+
+
+def _holder(lock: Path, mode: str, hold_s: float = 0) -> subprocess.Popen[str]:
+    process = subprocess.Popen([sys.executable, "-c", _HOLD, str(lock), mode, str(hold_s)],
+                               cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline() == "locked\n"
+    return process
+
+
+def test_a_waiting_run_names_the_holder(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    lock = tmp_path / "k.lock"
+    holder = _holder(lock, "live", hold_s=1.5)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="runner"), _locked(lock):
+        waited = time.monotonic() - started
+    holder.wait(timeout=30)
+    assert waited > 0.5
+    assert any(f"held by pid {holder.pid} on " in r.getMessage() for r in caplog.records)
+
+
+def test_a_lock_kept_by_a_dead_runs_orphan_is_taken_over(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    lock = tmp_path / "s" / "k.lock"  # the lock of run_cached(tmp_path, "s", "k", ...)
+    lock.parent.mkdir()
+    holder = _holder(lock, "orphan")
+    holder.wait(timeout=30)
+    assert holder.returncode == -signal.SIGKILL
+    orphans = [p for p in psutil.process_iter(["cmdline"])
+               if p.info["cmdline"] and str(lock) in p.info["cmdline"]]
+    assert orphans, "the forked child should still hold the lock"
+    try:
+        with caplog.at_level(logging.WARNING, logger="runner"):
+            started = time.monotonic()
+            calls: list[int] = []
+            entry = run_cached(tmp_path, "s", "k", _chunked_stage(calls))
+        assert time.monotonic() - started < 10 and not entry.hit
+        assert any(f"pid {holder.pid}" in r.getMessage() and "taking it over" in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        for orphan in orphans:
+            orphan.kill()

@@ -147,20 +147,36 @@ def test_corrupt_onnx_and_unexpected_errors(space: Workspace, tmp_path: Path) ->
     private.db, private.tracking_uri = space.db, space.tracking_uri
     private.run(*SQUEEZE, "model.weights=random")
     (export_entry,) = [p for p in (private.cache / "export").iterdir() if p.is_dir()]
-    (export_entry / "model.onnx").write_bytes(b"\x08\x07garbage" * 100)
+    onnx_path = export_entry / "model.onnx"
+    # damage of the same size passes the default size check; the ONNX checker names the file
+    onnx_path.write_bytes(b"\x08\x07garbage".ljust(onnx_path.stat().st_size, b"\0"))
     convert = ("model.arch=torchvision.models.squeezenet1_1", "stage.stages=[export,convert]",
                "model.weights=random")
     _fails(private, *convert, expected=r"ONNX file .*/model.onnx is corrupt or not an ONNX model "
            r".*rerun with cache.force=\[export\]", run_started=True)
-    # a damaged cache index is no input error: one line all the same, and how to see more
+    # the full check finds it by its digest, and the entry is made again
+    fixed = private.run(*convert, "cache.verify=full")
+    assert re.search(r"export cache entry .* is damaged: .*model.onnx does not have the sha256",
+                     fixed.stdout + fixed.stderr)
+    # a damaged result.json: named and recomputed, not an unexpected JSONDecodeError
     (export_entry / "result.json").write_text('{"artifacts": ')
-    _fails(private, *convert, expected=r"^unexpected JSONDecodeError: .* \(rerun with "
-           r"traceback=true for the traceback\)$", run_started=True)
+    again = private.run(*convert)
+    assert re.search(r"result.json is damaged or unreadable", again.stdout + again.stderr)
+    assert private.cache_states(private.runs()[-1])["export"] == "miss"
+    # an error nobody foresaw (here: a trusted architecture that divides by zero)
+    (tmp_path / "brokenpkg").mkdir()
+    (tmp_path / "brokenpkg" / "__init__.py").write_text("")
+    (tmp_path / "brokenpkg" / "models.py").write_text("def net(**kwargs):\n    return 1 / 0\n")
+    unexpected = ("model.arch=brokenpkg.models.net", "security.extra_arch_prefixes=[brokenpkg]",
+                  "stage.stages=[export]", "model.weights=random")
+    env = {"PYTHONPATH": str(tmp_path)}
+    _fails(private, *unexpected, env=env, expected=r"^unexpected ZeroDivisionError: division by "
+           r"zero \(rerun with traceback=true for the traceback\)$", run_started=True)
     failed = private.runs()[-1]
     artifacts = Path(mlflow.artifacts.download_artifacts(run_id=failed.info.run_id,
                                                          tracking_uri=private.tracking_uri))
-    assert "json.decoder.JSONDecodeError" in (artifacts / "logs" / "traceback.txt").read_text()
-    debug = private.run(*convert, "traceback=true", check=False)
+    assert "ZeroDivisionError" in (artifacts / "logs" / "traceback.txt").read_text()
+    debug = private.run(*unexpected, "traceback=true", check=False, env=env)
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
     assert private.runs()[-1].info.status == "FAILED"
 
@@ -296,11 +312,14 @@ def test_disk_full_fails_the_run_and_keeps_only_complete_chunks(space: Workspace
                         r"rerun", line), line
     assert space.runs()[-1].info.status == "FAILED"
     files = dict(row.rsplit(" ", 1) for row in (tmp_path / "files.txt").read_text().splitlines())
-    chunks = {name: int(size) for name, size in files.items() if "chunk_" in name}
+    chunks = {name: int(size) for name, size in files.items()
+              if "chunk_" in name and not name.rsplit("/", 1)[-1].startswith(".")}
     assert 1 <= len(chunks) < 6
     assert all(re.fullmatch(r"preprocess/\w+\.partial/chunk_\d{6}\.npy", n) for n in chunks)
     assert set(chunks.values()) == {4 * 224 * 224 * 3 + 128}  # complete .npy files only
     assert not [n for n in files if ".tmp-" in n or n.endswith("result.json")]
+    # every kept chunk has the sidecar that lets the rerun check it before resuming from it
+    assert all(n.replace("/chunk_", "/.chunk_") + ".sum" in files for n in chunks)
 
 
 @needs_tmpfs

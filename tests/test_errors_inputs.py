@@ -266,9 +266,39 @@ def test_md5_mismatch_of_a_local_checkpoint(tmp_path: Path,
     actual = hashlib.md5(squeezenet_checkpoint.read_bytes()).hexdigest()
     cfg = ModelConfig(name="x", arch="torchvision.models.squeezenet1_1",
                       weights=str(squeezenet_checkpoint), weights_checksum="md5:" + "ab" * 16)
-    with pytest.raises(WeightsError, match=rf"has md5 {actual}, expected abab.*delete it and "
-                                           "fetch it again"):
+    # the user's own file, not a damaged download: how to use it, not "fetch it again"
+    with pytest.raises(WeightsError, match=rf"has md5 {actual}, not the abab.* of "
+                       rf"model.weights_checksum \(the guide's checkpoint\): if it is your own "
+                       rf"checkpoint, pass model.weights_checksum=md5:{actual} \(or "
+                       r"model.weights_checksum=null\)$"):
         weights.fetch(weights.source(cfg), tmp_path)
+
+
+def test_a_folder_or_a_text_file_as_checkpoint_is_named(tmp_path: Path) -> None:
+    folder = ModelConfig(name="x", arch="torchvision.models.squeezenet1_1",
+                         weights=str(tmp_path), weights_checksum=None)
+    with pytest.raises(WeightsError, match=r"checkpoint .* is a folder, not a checkpoint file"):
+        weights.fetch(weights.source(folder), tmp_path)
+    for text in ("hello world\n", "x\n" * 50, ""):
+        path = tmp_path / "notes.pth"
+        path.write_text(text)
+        with pytest.raises(WeightsError, match=r"checkpoint .*notes.pth cannot be read \(\w+: "
+                                               r".*\): it may be truncated or not a PyTorch "
+                                               r"checkpoint") as error:
+            build.build(SQUEEZENET, path, seed=0)
+        _one_line(error)
+
+
+def test_a_whole_pickled_model_is_refused_in_one_plain_line(tmp_path: Path) -> None:
+    path = tmp_path / "whole.pth"
+    torch.save(build.build(SQUEEZENET, None, seed=0), path)
+    with pytest.raises(WeightsError) as error:
+        build.build(SQUEEZENET, path, seed=0)
+    message = _one_line(error)
+    assert "\x1b" not in message
+    assert re.search(r"refused by the safe loader \(weights_only=True\): Unsupported global: "
+                     r"GLOBAL torchvision.models.squeezenet.SqueezeNet; .*save the model's "
+                     r"state_dict\(\)", message), message
 
 
 def test_checkpoint_of_another_shape_lists_the_tensors(tmp_path: Path) -> None:
@@ -406,6 +436,44 @@ def test_unwritable_cache_dir_is_named(tmp_path: Path) -> None:
     assert list((tmp_path / "new" / "cache").iterdir()) == []
 
 
+# --- files that are not images: refused before they are opened, with what they are ----------
+
+
+def test_entries_that_are_not_regular_files_are_refused_before_opening(tmp_path: Path) -> None:
+    cfg = _dataset(tmp_path, "a.JPEG 1\nb.JPEG 2\nc.JPEG 3\nd.JPEG 4\ne.JPEG 5\n",
+                   images=("a.JPEG",))
+    os.mkfifo(tmp_path / "val" / "b.JPEG")  # opening it would block forever
+    (tmp_path / "val" / "c.JPEG").symlink_to(tmp_path / "gone.JPEG")
+    (tmp_path / "val" / "d.JPEG").mkdir()
+    (tmp_path / "val" / "e.JPEG").symlink_to("/dev/zero")  # endless
+    with pytest.raises(DatasetError) as error:
+        dataset.list_samples(cfg)
+    message = _one_line(error)
+    assert re.search(r"^4 image entries are not regular files: .*/val/b.JPEG \(a FIFO\), "
+                     r".*/val/c.JPEG \(a broken symlink\), .*/val/d.JPEG \(a folder\) and 1 "
+                     r"more; replace them", message), message
+
+
+def test_a_thin_image_is_refused_before_it_is_resized(tmp_path: Path) -> None:
+    """A 2.6 KB 1x8000 JPEG would be resized to 256x2048000 (1.5 GB of RGB)."""
+    path = tmp_path / "thin.JPEG"
+    Image.new("RGB", (1, 8000), (9, 99, 199)).save(path, "JPEG")
+    assert path.stat().st_size < 10_000
+    with pytest.raises(DatasetError) as error:
+        load_cropped(path, RECIPE)
+    assert re.fullmatch(r"image .*thin.JPEG is 1x8000 \(aspect ratio 8000:1\): resizing its "
+                        r"shorter side makes it 256x2048000, more than 16 Mpx; crop it, or remove "
+                        r"it and its line in the label file", _one_line(error))
+    wide = tmp_path / "panorama.JPEG"  # 1:12, a real panorama: still fine
+    Image.new("RGB", (3600, 300), (9, 99, 199)).save(wide, "JPEG")
+    assert load_cropped(wide, RECIPE).shape == (224, 224, 3)
+
+
+def test_a_label_file_with_a_byte_order_mark_reads_as_without(tmp_path: Path) -> None:
+    cfg = _dataset(tmp_path, b"\xef\xbb\xbf" + GOOD.encode())
+    assert [s.name for s in dataset.list_samples(cfg)] == ["a.JPEG", "b.JPEG", "c.JPEG"]
+
+
 # --- secrets --------------------------------------------------------------------------------
 
 
@@ -433,6 +501,23 @@ def test_secrets_are_masked_in_text_and_config_trees() -> None:
     }
     assert redact.text("error at http://127.0.0.1:5000/x (user alice)", secrets) == \
         "error at http://127.0.0.1:5000/x (user alice)"
+
+
+def test_a_url_password_is_masked_in_any_later_text(tmp_path: Path) -> None:
+    """urllib takes `bob:<password>@host` for a host and a port, and says "nonnumeric port:
+    '<password>@host'": no URL left for a pattern to recognize. Downloads send the credentials
+    as a header instead, and the config's passwords are masked wherever they turn up."""
+    password = "Hunter2-xyzzy"
+    url = f"https://bob:{password}@127.0.0.1/alexnet-owt-4df8aa71.pth"
+    redact.remember({"model": {"weights": url}, "mlflow": {"api_key": "k3y-abcdef"}})
+    assert redact.text(f"InvalidURL: nonnumeric port: '{password}@127.0.0.1'") == \
+        "InvalidURL: nonnumeric port: '***@127.0.0.1'"
+    assert redact.text("header k3y-abcdef") == "header ***"
+    with pytest.raises(WeightsError) as error:  # nothing listens on 127.0.0.1:443 here
+        weights.download(url, tmp_path / "a.pth", None, timeout_s=5)
+    assert password not in str(error.value)
+    assert re.search(r"could not download https://bob:\*\*\*@127.0.0.1/", redact.text(
+        str(error.value))), error.value
 
 
 # --- the config: Hydra's composition errors and the schema's checks, as the CLI prints them ---

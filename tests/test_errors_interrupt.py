@@ -4,6 +4,7 @@ hits and preprocess computes only the chunks it had not finished."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 
@@ -101,7 +103,9 @@ def test_interrupted_run_ends_killed_keeps_complete_chunks_and_resumes(
     kept = _partial_chunks(space.cache)
     assert 2 <= len(kept) < NUM_IMAGES // CHUNK
     assert all(np.load(c).shape == (CHUNK, 224, 224, 3) for c in kept)
-    assert sorted(p.name for p in partial.iterdir()) == [c.name for c in kept]
+    # each chunk with its sidecar (size and sha256, checked when it is resumed), nothing else
+    assert sorted(p.name for p in partial.iterdir()) == sorted(
+        [c.name for c in kept] + [f".{c.name}.sum" for c in kept])
 
     space.run(*args)
     rerun = space.runs()[-1]
@@ -119,3 +123,38 @@ def test_interrupted_run_ends_killed_keeps_complete_chunks_and_resumes(
     assert logged["resumed_chunks"] == len(kept)
     assert rerun.data.metrics["num_images"] == NUM_IMAGES
     assert "top1" in rerun.data.metrics
+
+
+def test_kill_9_mid_preprocess_leaves_no_worker_and_the_rerun_does_not_hang(
+    space: Workspace, tmp_path: Path
+) -> None:
+    """kill -9 runs no handler: the decode workers must die with the runner (they held the
+    stage's lock, so the identical rerun waited forever without a word)."""
+    args = ["stage.stages=[preprocess]", "model.arch=torchvision.models.squeezenet1_1",
+            "model.weights=random", "model.weights_checksum=null",
+            f"dataset.root={_large_images(tmp_path / 'data')}",
+            f"preprocess.chunk_size={CHUNK}", "preprocess.workers=2"]
+    runner = subprocess.Popen([sys.executable, "-m", "runner", *args, *space.overrides()],
+                              cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    workers: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 400
+        while len(_partial_chunks(space.cache)) < 1:
+            assert runner.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        workers = psutil.Process(runner.pid).children(recursive=True)
+        assert workers
+        runner.kill()
+        runner.wait(timeout=30)
+        _gone, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive, f"decode workers outlived the killed runner: {alive}"
+    finally:
+        for process in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+    started = time.monotonic()
+    result = space.run(*args, timeout=400)
+    assert "Traceback" not in result.stderr
+    assert space.runs()[-1].info.status == "FINISHED"
+    assert time.monotonic() - started < 400

@@ -148,7 +148,9 @@ def test_infer_chunks_writes_one_file_per_chunk_with_the_model_logits(small,
         out = tmp_path / f"prefetch{prefetch}"
         (out / artifacts.LOGITS_DIR).mkdir(parents=True)
         times = inference.infer_chunks(session, data, recipe, 4, chunks, out, prefetch=prefetch)
-        files = sorted((out / artifacts.LOGITS_DIR).iterdir())
+        # (each with its .<name>.sum sidecar: size and sha256, checked when it is resumed)
+        files = sorted(p for p in (out / artifacts.LOGITS_DIR).iterdir() if p.suffix == ".npy"
+                       and not p.name.startswith("."))
         assert [f.name for f in files] == [f"{s:09d}.npy" for s, _ in chunks]
         results[prefetch] = np.concatenate([np.load(f) for f in files])
         assert (times.images, times.batches) == (20, 2 + 2 + 2 + 1)

@@ -28,8 +28,11 @@ def test_parallel_chunks_equal_single_process_crops(generated_images: Path,
     data = PreprocessedDataset(tmp_path)
     paths = sorted((generated_images / "val").iterdir())
     assert data.names == [p.name for p in paths] and len(data) == 20
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
+    # the sidecars (.chunk_N.npy.sum: size and sha256) are folded into result.json by the cache
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
         chunk_file(0), chunk_file(1), chunk_file(2), artifacts.MANIFEST]  # 7 + 7 + 6
+    assert sorted(p.name for p in tmp_path.glob(".*.sum")) == [
+        f".{chunk_file(i)}.sum" for i in range(3)]
     expected = np.stack([load_cropped(p, cfg.model.preprocess) for p in paths])
     np.testing.assert_array_equal(data.pixels(0, 20), expected)
     assert output.info == {"resumed_chunks": 0, "computed_chunks": 3, "workers": 2}

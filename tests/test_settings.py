@@ -55,6 +55,7 @@ READS: dict[str, set[str]] = {
     "mlflow.experiment=other": set(),
     "cache.force=[all]": set(),
     "cache.reuse_measurements=true": set(),
+    "cache.verify=full": set(),
     "benchmark.require_valid=true": set(),  # judged after the figures are recorded
 }
 

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +77,8 @@ def read_labels(path: Path, num_classes: int | None = None) -> dict[str, int]:
     if not path.is_file():
         raise DatasetError(f"label file {path} is not a file: check dataset.labels")
     try:
-        text = path.read_bytes().decode("utf-8")
+        # utf-8-sig: a byte order mark (Windows editors write one) is not part of the first name
+        text = path.read_bytes().decode("utf-8-sig")
     except OSError as error:
         raise DatasetError(f"label file {path} cannot be read ({error.strerror})") from None
     except UnicodeDecodeError as error:
@@ -172,9 +174,43 @@ def _list_samples(root: Path, images: str, labels_name: str, num_classes: int | 
     samples = [Sample(n, image_dir / n, labels[n]) for n in names if n in labels]
     if limit is not None:
         samples = samples[:limit]
+    _refuse_non_regular(samples)
     if not samples:
         raise DatasetError(f"{root}: no image has a label in {labels_name}")
     return samples
+
+
+def _kind(path: Path) -> str:
+    """What a path that is not a regular file is, in words."""
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return "missing"
+    if stat.S_ISLNK(mode):
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            return "a broken symlink"
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _refuse_non_regular(samples: list[Sample]) -> None:
+    """Only regular files are images: opening a FIFO blocks forever (and ignores SIGTERM while it
+    does), a device can be endless, a broken symlink cannot be read. Checked with stat, before
+    any file is opened."""
+    odd = [s for s in samples if not s.path.is_file()]
+    if odd:
+        shown = ", ".join(f"{s.path} ({_kind(s.path)})" for s in odd[:_EXAMPLES])
+        more = f" and {len(odd) - _EXAMPLES} more" if len(odd) > _EXAMPLES else ""
+        raise DatasetError(
+            f"{len(odd)} image entries are not regular files: {shown}{more}; replace them with "
+            "the image files, or remove them and their lines in the label file"
+        )
 
 
 def fingerprint(cfg: DatasetConfig, samples: list[Sample]) -> str:

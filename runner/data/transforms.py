@@ -42,6 +42,23 @@ def resized_size(width: int, height: int, shorter_side: int) -> tuple[int, int]:
     return int(shorter_side * width / height), shorter_side
 
 
+# The decompression bomb check bounds a source image's pixels; this bounds the resized image, which
+# a thin image makes huge (1x8000 -> 256x2048000, 1.5 GB) though its file has a few KB. 16 Mpx
+# allows aspect ratios up to 256:1 at resize 256, far beyond any photo.
+MAX_RESIZED_PIXELS = 16 * 1024 * 1024
+
+
+def check_resized_size(path: Path, source: tuple[int, int], size: tuple[int, int]) -> None:
+    """Refuse, before decoding, an image whose resize would take gigabytes."""
+    if size[0] * size[1] > MAX_RESIZED_PIXELS:
+        (width, height), short = source, min(source)
+        raise DatasetError(
+            f"image {path} is {width}x{height} (aspect ratio {max(source) / max(short, 1):.0f}:1):"
+            f" resizing its shorter side makes it {size[0]}x{size[1]}, more than "
+            f"{MAX_RESIZED_PIXELS >> 20} Mpx; crop it, or remove it and its line in the label file"
+        )
+
+
 def crop_offset(size: int, crop: int, rule: str) -> int:
     if rule == "round":
         return round((size - crop) / 2.0)  # torchvision CenterCrop: half to even
@@ -78,6 +95,7 @@ def _load_cropped_pil(path: Path, recipe: Cropping) -> np.ndarray:
     """
     try:
         with Image.open(path) as image:
+            check_resized_size(path, image.size, resized_size(*image.size, recipe.resize))
             # decoding happens here or, for an RGB file, in resize/crop: a truncated file fails
             rgb = image if image.mode == "RGB" else to_rgb(image, path)
             size = resized_size(*rgb.size, recipe.shorter_side)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,17 +36,42 @@ def resolve_arch(arch: str, allowed: Sequence[str] = BUILTIN_ARCH_PREFIXES,
     return builder
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _refusal_reason(message: str) -> str:
+    """The line of torch's multi-line, ANSI-coloured refusal that names the cause."""
+    lines = [_ANSI.sub("", line).strip() for line in message.splitlines()]
+    lines = [line for line in lines if line]
+    named = next((line for line in lines if "Unsupported " in line), None)
+    if named is not None:  # "WeightsUnpickler error: Unsupported global: GLOBAL x.Y was not ..."
+        return named[named.index("Unsupported "):].split(" was not")[0]
+    return (lines or ["unknown reason"])[0][:300]
+
+
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0]
+        with open(path, "rb") as stream:
+            head = stream.read(2)
+        # a pickle starts with its PROTO opcode and torch.save writes a zip: anything else (a
+        # text file ...) is no checkpoint, rather than a checkpoint holding code
+        if head[:1] != b"\x80" and head != b"PK":
+            raise WeightsError(
+                f"checkpoint {path} cannot be read (UnpicklingError: "
+                f"{_refusal_reason(str(error))}): it may be truncated or not a PyTorch "
+                "checkpoint; fetch it again"
+            ) from None
         raise WeightsError(
-            f"checkpoint {path} was refused by the safe loader (weights_only=True): {first_line}; "
-            "only plain tensors are loaded, never code"
+            f"checkpoint {path} was refused by the safe loader (weights_only=True): "
+            f"{_refusal_reason(str(error))}; only plain tensors are loaded, never code: save the "
+            "model's state_dict() instead of the whole model"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    except Exception as error:
+        # a file that is no checkpoint fails in many ways (a text file: KeyError or IndexError
+        # from the unpickler), each of them meaning the same to the user
+        first_line = f"{type(error).__name__}: {_refusal_reason(str(error))}"
         raise WeightsError(
             f"checkpoint {path} cannot be read ({first_line}): it may be truncated or not a "
             "PyTorch checkpoint; fetch it again"

@@ -3,14 +3,17 @@ path, or `random` (seeded init, for offline runs whose accuracy means nothing)."
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from runner import redact
 from runner.cache import digest_file
 from runner.config import ModelConfig
 from runner.errors import WeightsError
@@ -63,15 +66,24 @@ def _file_identity(path: str, size: int, mtime_ns: int) -> str:
     return f"sha256:{digest_file(Path(path))}"
 
 
-def verify(path: Path, checksum: str | None) -> None:
+def verify(path: Path, checksum: str | None, downloaded: bool = True) -> None:
+    """Check a checkpoint against its expected checksum; `downloaded`: fetched by the runner
+    (a mismatch means a damaged download) rather than a file the user named."""
     if checksum is None:
         return
     algorithm, _, expected = checksum.partition(":")
     actual = digest_file(path, algorithm)
     if not actual.startswith(expected.lower()):
+        if downloaded:
+            raise WeightsError(
+                f"checkpoint {path} has {algorithm} {actual}, expected {expected}: the file is "
+                "corrupt or not the one named by model.weights_checksum; delete it and fetch it "
+                "again"
+            )
         raise WeightsError(
-            f"checkpoint {path} has {algorithm} {actual}, expected {expected}: the file is "
-            "corrupt or not the one named by model.weights_checksum; delete it and fetch it again"
+            f"checkpoint {path} has {algorithm} {actual}, not the {expected} of "
+            "model.weights_checksum (the guide's checkpoint): if it is your own checkpoint, pass "
+            f"model.weights_checksum={algorithm}:{actual} (or model.weights_checksum=null)"
         )
 
 
@@ -79,20 +91,39 @@ def cached_path(url: str, weights_dir: Path) -> Path:
     return weights_dir / url.rsplit("/", 1)[-1]
 
 
+def _request(url: str) -> urllib.request.Request:
+    """A request for `url`; `user:password@` in it becomes a basic-auth header, as curl does it
+    (urllib would take the password for the port, and print it in its error)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return urllib.request.Request(url)
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    request = urllib.request.Request(parts._replace(netloc=netloc).geturl())
+    credentials = (f"{urllib.parse.unquote(parts.username or '')}:"
+                   f"{urllib.parse.unquote(parts.password or '')}")
+    request.add_header("Authorization",
+                       "Basic " + base64.b64encode(credentials.encode()).decode())
+    return request
+
+
 def download(url: str, target: Path, checksum: str | None, timeout_s: float = 30.0) -> Path:
     """Fetch `url` to `target` (via a .part file), checking the checksum before it is kept."""
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(f"{target.name}.part-{os.getpid()}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response, open(part, "wb") as out:
+        request = _request(url)
+        with urllib.request.urlopen(request, timeout=timeout_s) as response, \
+                open(part, "wb") as out:
             for block in iter(lambda: response.read(1 << 20), b""):
                 out.write(block)
-    except (urllib.error.URLError, OSError) as error:
+    except (urllib.error.URLError, OSError, ValueError) as error:
         part.unlink(missing_ok=True)
         reason = getattr(error, "reason", error)
         raise WeightsError(
-            f"could not download {url} ({reason}); without network, download it elsewhere and "
-            "pass model.weights=/path/to/checkpoint.pth (or model.weights=random for a smoke run)"
+            f"could not download {redact.text(url)} ({reason}); without network, download it "
+            "elsewhere and pass model.weights=/path/to/checkpoint.pth (or model.weights=random "
+            "for a smoke run)"
         ) from None
     try:
         verify(part, checksum)
@@ -148,11 +179,14 @@ def fetch(src: WeightsSource, weights_dir: Path) -> Path | None:
     if src.kind == "path":
         path = Path(src.location)
         if not path.is_file():
+            what = "is not a regular file" if path.exists() else "does not exist"
+            if path.is_dir():
+                what = "is a folder, not a checkpoint file"
             raise WeightsError(
-                f"checkpoint {path} does not exist: fix model.weights (a path, the official "
+                f"checkpoint {path} {what}: fix model.weights (a checkpoint file, the official "
                 "URL, or random)"
             )
-        verify(path, src.checksum)
+        verify(path, src.checksum, downloaded=False)
         return path
     target = cached_path(src.location, weights_dir)
     if target.is_file():

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from runner.artifacts import chunk_file, write_manifest
-from runner.cache import StageOutput
+from runner.cache import StageOutput, finish_file
 from runner.config import Cropping, RunConfig
 from runner.data import dataset
 from runner.data.dataset import DatasetSpec
@@ -89,9 +89,7 @@ def _fill_chunks(chunks: dict[int, list[dataset.Sample]], recipe: Cropping,
                 progress.update(future.result())
             if pending:
                 in_flight.append(start(pool, pending.pop(0)))
-            with open(filling, "rb+") as stream:
-                os.fsync(stream.fileno())
-            os.replace(filling, out_dir / chunk_file(index))
+            finish_file(filling, out_dir / chunk_file(index))
     finally:
         # on an error (a broken image, Ctrl-C) drop the queued tasks instead of finishing them,
         # and the chunks they were filling: only whole chunk files stay for the next run
