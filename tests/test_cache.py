@@ -20,7 +20,6 @@ import pytest
 from runner.cache import (
     DamagedEntry,
     StageOutput,
-    _locked,
     atomic_save_npy,
     atomic_write_text,
     lookup,
@@ -28,6 +27,7 @@ from runner.cache import (
 )
 from runner.config import PROJECT_ROOT
 from runner.errors import StorageError
+from runner.locks import file_lock
 
 
 def test_a_failed_compute_leaves_no_finished_entry_and_nothing_half_written(
@@ -208,8 +208,8 @@ def test_a_full_disk_leaves_no_half_written_file(tmp_path: Path) -> None:
 _HOLD = """
 import os, sys, time
 from pathlib import Path
-from runner.cache import _locked
-with _locked(Path(sys.argv[1])):
+from runner.locks import file_lock
+with file_lock(Path(sys.argv[1])):
     if sys.argv[2] == "orphan":
         # a forked worker inherits the lock's descriptor and outlives the killed run
         if os.fork() == 0:
@@ -233,7 +233,7 @@ def test_a_waiting_run_names_the_holder(tmp_path: Path, caplog: pytest.LogCaptur
     lock = tmp_path / "k.lock"
     holder = _holder(lock, "live", hold_s=1.5)
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="runner"), _locked(lock):
+    with caplog.at_level(logging.WARNING, logger="runner"), file_lock(lock):
         waited = time.monotonic() - started
     holder.wait(timeout=30)
     assert waited > 0.5

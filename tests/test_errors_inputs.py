@@ -285,15 +285,15 @@ def test_a_folder_or_a_text_file_as_checkpoint_is_named(tmp_path: Path) -> None:
         with pytest.raises(WeightsError, match=r"checkpoint .*notes.pth cannot be read \(\w+: "
                                                r".*\): it may be truncated or not a PyTorch "
                                                r"checkpoint") as error:
-            build.build(SQUEEZENET, path, seed=0)
+            build.build(SQUEEZENET.arch, SQUEEZENET.arch_kwargs, path, seed=0)
         _one_line(error)
 
 
 def test_a_whole_pickled_model_is_refused_in_one_plain_line(tmp_path: Path) -> None:
     path = tmp_path / "whole.pth"
-    torch.save(build.build(SQUEEZENET, None, seed=0), path)
+    torch.save(build.build(SQUEEZENET.arch, SQUEEZENET.arch_kwargs, None, seed=0), path)
     with pytest.raises(WeightsError) as error:
-        build.build(SQUEEZENET, path, seed=0)
+        build.build(SQUEEZENET.arch, SQUEEZENET.arch_kwargs, path, seed=0)
     message = _one_line(error)
     assert "\x1b" not in message
     assert re.search(r"refused by the safe loader \(weights_only=True\): Unsupported global: "

@@ -95,7 +95,7 @@ def _load_cropped_pil(path: Path, recipe: Cropping) -> np.ndarray:
     """
     try:
         with Image.open(path) as image:
-            check_resized_size(path, image.size, resized_size(*image.size, recipe.resize))
+            check_resized_size(path, image.size, resized_size(*image.size, recipe.shorter_side))
             # decoding happens here or, for an RGB file, in resize/crop: a truncated file fails
             rgb = image if image.mode == "RGB" else to_rgb(image, path)
             size = resized_size(*rgb.size, recipe.shorter_side)
@@ -139,6 +139,7 @@ def _load_cropped_opencv(path: Path, recipe: Cropping) -> np.ndarray:
         )
     height, width = bgr.shape[:2]
     size = resized_size(width, height, recipe.shorter_side)
+    check_resized_size(path, (width, height), size)  # a thin image: refused, as the PIL path does
     resized = cv2.resize(bgr, size, interpolation=_OPENCV_FLAGS[recipe.interpolation])
     left = crop_offset(size[0], recipe.crop, recipe.crop_offset)
     top = crop_offset(size[1], recipe.crop, recipe.crop_offset)
