@@ -37,11 +37,11 @@ for model in ${MODELS//,/ }; do
     "${RUNNER[@]}" -m "model=$model" "chip=$CHIP" "chip.precision=$precision" "${FAST[@]}" \
       "bs=$BATCHES" dataset=synthetic "dataset.synthetic.num_images=$IMAGES" \
       model.weights=random stage=all "hydra.sweep.dir=$dir" "$@" || status=1
-    if [ -f "$dir/sweep/table.md" ]; then
+    if [ -f "$dir/sweep/report.md" ]; then
       {
         echo "## $model, chip=$CHIP chip.precision=$precision ${FAST[*]} $*"
         echo
-        cat "$dir/sweep/table.md"
+        cat "$dir/sweep/report.md"
         echo
       } >>"$OUTDIR/table.md"
       cp "$dir/sweep/table.csv" "$OUTDIR/table-$model-$precision.csv"
