@@ -81,6 +81,16 @@ def check_host(cfg: config.RunConfig) -> None:
         )
 
 
+def _redact_hydra_files() -> None:
+    """Hydra wrote the command line's overrides into the run folder verbatim, passwords included:
+    mask them there (and in a sweep's multirun.yaml)."""
+    hydra_cfg = HydraConfig.get()
+    hydra_files = sorted((Path(hydra_cfg.runtime.output_dir) / ".hydra").glob("*.yaml"))
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        hydra_files.append(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
+    redact.rewrite_files(hydra_files)
+
+
 def run_job(cfg: DictConfig) -> dict[str, float]:
     """One job: validate and plan (every check that needs no work), then run every stage inside
     an MLflow run; the metrics."""
@@ -88,6 +98,7 @@ def run_job(cfg: DictConfig) -> dict[str, float]:
     from runner.cache import check_writable
 
     link = sweep.current_link()  # set when this job is part of a sweep (`-m`)
+    _redact_hydra_files()  # first: a job refused below keeps its files too
     try:
         run_cfg = config.validate(cfg)
         check_host(run_cfg)
@@ -105,11 +116,6 @@ def run_job(cfg: DictConfig) -> dict[str, float]:
     tree: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    # Hydra wrote the command line's overrides there verbatim, passwords included
-    hydra_files = sorted((run_dir / ".hydra").glob("*.yaml"))
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        hydra_files.append(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
-    redact.rewrite_files(hydra_files)
     with tracking.tracked_run(run_cfg, tree, run_dir, sweep=link,
                               overrides=list(hydra_cfg.overrides.task),
                               choices=dict(hydra_cfg.runtime.choices)) as run:

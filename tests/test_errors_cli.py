@@ -124,21 +124,24 @@ def _runs_code(root: Path) -> list[str]:
 
 # one row per kind of failure; every row of the issue is checked where it is raised, in
 # test_errors_inputs.py: the CLI handles them all alike
-RUN_ROWS: list[tuple[str, Callable[[Path], list[str]], str]] = [
-    ("malformed label line", _malformed, r"val_label.txt:2: expected '<file name> <class id>'"),
+# (the last field: whether a run started: a label file is read by the plan, before any run)
+RUN_ROWS: list[tuple[str, Callable[[Path], list[str]], str, bool]] = [
+    ("malformed label line", _malformed, r"val_label.txt:2: expected '<file name> <class id>'",
+     False),
     ("truncated jpeg, in a worker process", _truncated_jpeg,
-     r"image .*/val/b.JPEG cannot be decoded"),
-    ("pickle that runs code", _runs_code, r"refused by the safe loader \(weights_only=True\)"),
+     r"image .*/val/b.JPEG cannot be decoded", True),
+    ("pickle that runs code", _runs_code, r"refused by the safe loader \(weights_only=True\)",
+     True),
 ]
 
 
-@pytest.mark.parametrize(("make", "expected"), [r[1:] for r in RUN_ROWS],
+@pytest.mark.parametrize(("make", "expected", "run_started"), [r[1:] for r in RUN_ROWS],
                          ids=[r[0] for r in RUN_ROWS])
 def test_bad_input_fails_the_run_with_one_line(space: Workspace, tmp_path: Path,
                                                make: Callable[[Path], list[str]],
-                                               expected: str) -> None:
+                                               expected: str, run_started: bool) -> None:
     args = make(tmp_path / "input")
-    _fails(space, "model.weights=random", *args, expected=expected, run_started=True)
+    _fails(space, "model.weights=random", *args, expected=expected, run_started=run_started)
     assert not (tmp_path / "input" / "pwned").exists()
 
 

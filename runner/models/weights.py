@@ -154,8 +154,9 @@ def check_available(src: WeightsSource, weights_dir: Path, timeout_s: float = 10
 def _probe(url: str, timeout_s: float) -> None:
     # once per URL and process: export and reference both check the same checkpoint
     try:
-        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"),
-                               timeout=timeout_s).close()
+        request = _request(url)  # credentials as a header, never in urllib's error
+        request.method = "HEAD"
+        urllib.request.urlopen(request, timeout=timeout_s).close()
     except urllib.error.HTTPError as error:
         if error.code in (404, 410):
             raise WeightsError(
