@@ -137,14 +137,12 @@ def ray_head(num_cpus: int = 2) -> Iterator[RayHead]:
 
 
 @contextmanager
-def mlflow_server(root: Path) -> Iterator[str]:
-    """`mlflow server` with a SQLite backend and served artifacts; yields its http:// URI."""
+def _mlflow_serving(arguments: list[str], log: Path, name: str) -> Iterator[str]:
+    """`mlflow <arguments>` on a free loopback port until it stops; yields its http:// address
+    once its /health answers."""
     port = free_port()
-    command = [
-        str(BIN / "mlflow"), "server", "--host", LOOPBACK, "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-        "--artifacts-destination", str(root / "served-artifacts"), "--workers", "1",
-    ]
+    command = [str(BIN / "mlflow"), *arguments, "--host", LOOPBACK, "--port", str(port),
+               "--workers", "1"]
     uri = f"http://{LOOPBACK}:{port}"
 
     def healthy() -> bool:
@@ -154,28 +152,23 @@ def mlflow_server(root: Path) -> Iterator[str]:
         except (urllib.error.URLError, OSError):
             return False
 
-    log = root / "mlflow-server.log"
     with _process_group(command, log, dict(os.environ)) as process:
-        _wait(healthy, process, log, "mlflow server", 180)
+        _wait(healthy, process, log, name, 180)
+        yield uri
+
+
+@contextmanager
+def mlflow_server(root: Path) -> Iterator[str]:
+    """`mlflow server` with a SQLite backend and served artifacts; yields its http:// URI."""
+    with _mlflow_serving(["server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+                          "--artifacts-destination", str(root / "served-artifacts")],
+                         root / "mlflow-server.log", "mlflow server") as uri:
         yield uri
 
 
 @contextmanager
 def mlflow_ui(backend_store_uri: str, root: Path) -> Iterator[str]:
     """`mlflow ui` on a store, as README tells users to run it; yields its http:// address."""
-    port = free_port()
-    command = [str(BIN / "mlflow"), "ui", "--backend-store-uri", backend_store_uri,
-               "--host", LOOPBACK, "--port", str(port), "--workers", "1"]
-    uri = f"http://{LOOPBACK}:{port}"
-
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
-
-    log = root / "mlflow-ui.log"
-    with _process_group(command, log, dict(os.environ)) as process:
-        _wait(healthy, process, log, "mlflow ui", 180)
+    with _mlflow_serving(["ui", "--backend-store-uri", backend_store_uri],
+                         root / "mlflow-ui.log", "mlflow ui") as uri:
         yield uri
