@@ -80,6 +80,12 @@ PIL_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 OPENCV_INTERPOLATIONS = ("INTER_NEAREST", "INTER_LINEAR", "INTER_CUBIC", "INTER_AREA",
                          "INTER_LANCZOS4", "INTER_LINEAR_EXACT", "INTER_NEAREST_EXACT")
 CHANNEL_ORDERS = ("RGB", "BGR")
+LAYOUTS = ("NCHW", "NHWC")
+
+
+def input_shape(bs: int, size: int, layout: str) -> tuple[int, int, int, int]:
+    """The shape of a batch of `bs` normalized `size` x `size` images in `layout`."""
+    return (bs, 3, size, size) if layout == "NCHW" else (bs, size, size, 3)
 
 
 @dataclass
@@ -88,7 +94,8 @@ class PreprocessRecipe:
 
     Decode, resize and crop (`library`, `resize`/`crop_fraction`, `interpolation`, `crop`,
     `crop_offset`) give the uint8 RGB crop the cache keeps; `divide_by_255`, `mean`, `std` and
-    `channel_order` are applied when a batch is fed (`runner.data.transforms.normalize`).
+    `channel_order` are applied when a batch is fed (`runner.data.transforms.normalize`), in the
+    model input's `layout`.
     """
 
     library: str = "pil"  # pil | opencv: whose decoder and resize the reference script used
@@ -110,6 +117,10 @@ class PreprocessRecipe:
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     channel_order: str = "RGB"  # BGR: the model takes cv2.imread's channel order
+    # the model input's layout: NCHW (PyTorch, MLPerf's need_transpose) or NHWC (channels last,
+    # as TensorFlow-origin graphs take it); an NHWC model exported from a PyTorch checkpoint gets
+    # a leading transpose to NCHW (runner.models.build.for_input_layout)
+    layout: str = "NCHW"
 
     def __post_init__(self) -> None:
         _check_choice("model.preprocess.library", self.library, LIBRARIES)
@@ -143,6 +154,7 @@ class PreprocessRecipe:
             )
         _check_choice("model.preprocess.crop_offset", self.crop_offset, ("round", "floor"))
         _check_choice("model.preprocess.channel_order", self.channel_order, CHANNEL_ORDERS)
+        _check_choice("model.preprocess.layout", self.layout, LAYOUTS)
         for key, values in (("mean", self.mean), ("std", self.std)):
             if len(values) != 3:
                 raise ConfigError(
@@ -167,7 +179,7 @@ class PreprocessRecipe:
 
     def normalization(self) -> Normalization:
         return Normalization(self.divide_by_255, tuple(self.mean), tuple(self.std),
-                             self.channel_order)
+                             self.channel_order, self.layout)
 
 
 @dataclass(frozen=True)
@@ -189,6 +201,7 @@ class Normalization:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     channel_order: str
+    layout: str  # of the fed tensor: NCHW | NHWC
 
 
 @dataclass
@@ -264,6 +277,9 @@ class ModelConfig:
     @property
     def input_size(self) -> int:
         return self.preprocess.crop
+
+    def input_shape(self, bs: int) -> tuple[int, int, int, int]:
+        return input_shape(bs, self.input_size, self.preprocess.layout)
 
 
 @dataclass

@@ -18,7 +18,7 @@ import numpy as np
 
 from runner import device_pool
 from runner.backends import SessionSettings, backend_for
-from runner.config import BenchmarkConfig
+from runner.config import BenchmarkConfig, input_shape
 from runner.measurement import Measurement, measure
 
 log = logging.getLogger("runner")
@@ -30,11 +30,12 @@ class BatchSpec:
 
     bs: int
     input_size: int
+    layout: str  # NCHW | NHWC
     kind: str  # random | zero, like ais_bench's --pure_data_type
     seed: int
 
     def make(self) -> np.ndarray:
-        shape = (self.bs, 3, self.input_size, self.input_size)
+        shape = input_shape(self.bs, self.input_size, self.layout)
         if self.kind == "zero":
             return np.zeros(shape, dtype=np.float32)
         return np.random.default_rng(self.seed).standard_normal(shape, dtype=np.float32)

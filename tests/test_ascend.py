@@ -243,6 +243,30 @@ def test_dynamic_batch_om(use_standins, resnet18_onnx: Path, tmp_path: Path,
         run_config("chip=ascend310p3", "bs=2", "chip.dynamic_batch_sizes=[1,4,8]")
 
 
+def test_channels_last_om(use_standins, tmp_path: Path) -> None:
+    """model.preprocess.layout=NHWC: atc is told ND (its ONNX formats are NCHW, NCDHW, ND) and
+    the channels-last shape; the OM computes the NCHW model's logits on the transposed batch."""
+    standins = use_standins()
+    cfg = run_config(*FP32_CHIP, "model=resnet18", "bs=2", "model.weights=random",
+                     "model.preprocess.layout=NHWC")
+    nhwc_onnx = tmp_path / "nhwc.onnx"
+    nchw_onnx = tmp_path / "nchw.onnx"
+    with torch.no_grad():
+        net = build.build(cfg.model.arch, cfg.model.arch_kwargs, None, seed=0)
+        export_onnx(build.for_input_layout(net, "NHWC"), onnx_spec(cfg), nhwc_onnx)
+        export_onnx(net, onnx_spec(run_config("model=resnet18")), nchw_onnx)
+    om_dir = tmp_path / "om"
+    om_dir.mkdir()
+    om_path, _ = ais_bench.convert(nhwc_onnx, om_dir, ais_bench.convert_settings(cfg))
+    (call,) = standins.calls("atc")
+    assert "--input_format=ND" in call["argv"]
+    assert "--input_shape=input:2,224,224,3" in call["argv"]
+    session = ais_bench.open_session(om_path, SessionSettings.from_config(cfg), 0)
+    batch = np.random.default_rng(2).standard_normal((2, 3, 224, 224), dtype=np.float32)
+    got = session.run(np.ascontiguousarray(batch.transpose(0, 2, 3, 1)))
+    assert np.abs(got - onnx_cpu(nchw_onnx, batch)).max() <= 1e-4
+
+
 def test_before_2024_infer_runs_dymbatch_as_static(use_standins, resnet18_onnx: Path,
                                                    tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:

@@ -29,6 +29,8 @@ READS: dict[str, set[str]] = {
     "model.preprocess.crop=200": {"export", "preprocess", "benchmark"},  # the input size
     "model.preprocess.mean=[0.5,0.5,0.5]": {"infer", "reference", "e2e"},
     "model.preprocess.std=[0.5,0.5,0.5]": {"infer", "reference", "e2e"},
+    # the same cached crops; the fed tensor, the exported input and the benchmark's input change
+    "model.preprocess.layout=NHWC": {"export", "infer", "reference", "benchmark", "e2e"},
     "model.class_offset=1": {"preprocess", "parity", "evaluate", "score"},
     "model.num_classes=1001": {"preprocess", "evaluate", "score"},
     "chip.threads=1": {"infer", "benchmark", "e2e"},

@@ -59,8 +59,8 @@ class ConvertSettings:
 def convert_settings(cfg: RunConfig) -> ConvertSettings:
     size = cfg.model.input_size
     soc_version = ascend.resolve_soc_version(cfg.chip)
-    arguments = ascend.atc_arguments(cfg.model.input_name, cfg.bs, size, size, cfg.chip,
-                                     soc_version)
+    arguments = ascend.atc_arguments(cfg.model.input_name, cfg.bs, size,
+                                     cfg.model.preprocess.layout, cfg.chip, soc_version)
     return ConvertSettings(tuple(arguments), soc_version, ascend.cann_version(),
                            source_digest(ascend.__name__))
 

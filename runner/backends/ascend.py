@@ -17,7 +17,7 @@ from functools import cache
 from pathlib import Path
 
 from runner.backends import ConversionError
-from runner.config import ChipConfig
+from runner.config import ChipConfig, input_shape
 from runner.errors import ConfigError, ToolMissingError
 from runner.tools import run_tool, tool_output
 
@@ -192,13 +192,18 @@ def atc_options(chip: ChipConfig, soc_version: str | None = None) -> dict[str, s
     return options
 
 
-def atc_arguments(input_name: str, bs: int, height: int, width: int, chip: ChipConfig,
+# atc's --input_format for an ONNX model takes NCHW, NCDHW or ND (CANN's atc manual,
+# "--input_format", e.g. CANN 8.0 atlasatcparam_16_0015): a channels-last input is ND
+ATC_INPUT_FORMATS = {"NCHW": "NCHW", "NHWC": "ND"}
+
+
+def atc_arguments(input_name: str, bs: int, size: int, layout: str, chip: ChipConfig,
                   soc_version: str) -> list[str]:
     """Everything atc is told except the paths: the OM model depends on exactly these."""
-    batch = "-1" if chip.dynamic_batch_sizes else str(bs)
-    arguments = ["--framework=5", "--input_format=NCHW",
-                 f"--input_shape={input_name}:{batch},3,{height},{width}",
-                 f"--soc_version={soc_version}"]
+    batch = -1 if chip.dynamic_batch_sizes else bs
+    shape = ",".join(map(str, input_shape(batch, size, layout)))
+    arguments = ["--framework=5", f"--input_format={ATC_INPUT_FORMATS[layout]}",
+                 f"--input_shape={input_name}:{shape}", f"--soc_version={soc_version}"]
     if chip.dynamic_batch_sizes:
         arguments.append(f"--dynamic_batch_size={','.join(map(str, chip.dynamic_batch_sizes))}")
     arguments += [f"--{key}={value}" for key, value in atc_options(chip, soc_version).items()]

@@ -20,7 +20,7 @@ import numpy as np
 
 from runner import environment
 from runner.backends import ConversionError, SessionSettings
-from runner.config import RunConfig
+from runner.config import RunConfig, input_shape
 from runner.errors import ConfigError, ToolMissingError
 from runner.models.spec import ModelSpec
 
@@ -98,7 +98,7 @@ def _check_against_onnx(net: torch.nn.Module, onnx_path: Path, settings: Convert
 
     size = settings.input_size
     probe = np.random.default_rng(settings.model.seed).standard_normal(
-        (PROBE_BATCH, 3, size, size), dtype=np.float32)
+        input_shape(PROBE_BATCH, size, settings.model.input_layout), dtype=np.float32)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
@@ -126,7 +126,7 @@ def convert(onnx_path: Path, out_dir: Path, settings: ConvertSettings,
     difference = _check_against_onnx(net, onnx_path, settings)
     target = out_dir / MODEL_FILE
     torch.save({"arch": spec.arch, "arch_kwargs": dict(spec.arch_kwargs),
-                "state_dict": net.state_dict()}, target)
+                "input_layout": spec.input_layout, "state_dict": net.state_dict()}, target)
     return target, {"torch": torch.__version__, "arch": spec.arch,
                     "probe_max_abs_difference_vs_onnx": difference}
 
@@ -174,7 +174,9 @@ class TorchSession:
 
         check(settings, (device,))
         saved = torch.load(model_path, map_location="cpu", weights_only=True)
-        net = build.resolve_arch(saved["arch"], settings.allowed_prefixes)(**saved["arch_kwargs"])
+        net = build.for_input_layout(
+            build.resolve_arch(saved["arch"], settings.allowed_prefixes)(**saved["arch_kwargs"]),
+            saved["input_layout"])
         net.load_state_dict(saved["state_dict"])
         self._torch = torch
         self._chip = settings

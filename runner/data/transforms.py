@@ -148,18 +148,22 @@ def _load_cropped_opencv(path: Path, recipe: Cropping) -> np.ndarray:
 
 
 def normalize(batch: np.ndarray, recipe: PreprocessRecipe | Normalization) -> np.ndarray:
-    """uint8 (N, H, W, 3) RGB -> float32 (N, 3, H, W) in the recipe's channel order, normalized:
-    value (/255 if divide_by_255) - mean, / std, with the recipe's mean and std.
+    """uint8 (N, H, W, 3) RGB -> float32 (N, 3, H, W), or (N, H, W, 3) for layout NHWC, in the
+    recipe's channel order, normalized: value (/255 if divide_by_255) - mean, / std, with the
+    recipe's mean and std.
 
     A uint8 channel takes 256 values, so each value's result is computed once (`_lookup_table`)
     and looked up: the same numbers, about 3x faster than computing every pixel, which keeps
     the loader thread from competing with inference for the cores.
     """
     table = _lookup_table(tuple(recipe.mean), tuple(recipe.std), recipe.divide_by_255)
-    chw = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
-    out = np.empty(chw.shape, dtype=np.float32)
     # the cache holds RGB; output channel c of a BGR model reads cached channel 2 - c
     sources = (2, 1, 0) if recipe.channel_order == "BGR" else (0, 1, 2)
+    if recipe.layout == "NHWC":
+        # channel c of every pixel looks up table row c: one gather over the interleaved pixels
+        return table[np.arange(3), batch[..., list(sources)]]
+    chw = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+    out = np.empty(chw.shape, dtype=np.float32)
     for channel, source in enumerate(sources):
         # uint8 indices are always < 256, so "clip" never clips; it avoids "raise" mode's copy
         np.take(table[channel], chw[:, source], out=out[:, channel], mode="clip")

@@ -139,3 +139,21 @@ def build(arch: str, arch_kwargs: dict[str, Any], weights: Path | None, seed: in
         _check_fit(model, state, arch, arch_kwargs, weights)
         model.load_state_dict(state)
     return model.eval()
+
+
+class NhwcInput(nn.Module):
+    """A model taking channels-last input, (N, H, W, C), whose layers take (N, C, H, W): one
+    transpose before them, exported as the graph's first operator, so the ONNX (and OM) input
+    is NHWC as `model.preprocess.layout=NHWC` feeds it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model(batch.permute(0, 3, 1, 2))
+
+
+def for_input_layout(model: nn.Module, layout: str) -> nn.Module:
+    """`model` taking input in `layout` (NCHW: as built; NHWC: behind a transpose)."""
+    return model if layout == "NCHW" else NhwcInput(model).eval()

@@ -35,6 +35,7 @@ class ModelSpec:
     seed: int  # seeds a random init
     arch_code: str | None
     torch: str  # torch's version: the same weights can export differently across releases
+    input_layout: str  # NCHW | NHWC (model.preprocess.layout): NHWC adds a leading transpose
     # packages model.arch may import from (the built-in ones + security.extra_arch_prefixes)
     allowed_prefixes: tuple[str, ...] = runtime_only()
     weights_dir: str = runtime_only()  # where a downloaded checkpoint is kept
@@ -48,6 +49,7 @@ class ModelSpec:
         return cls(arch=model.arch, arch_kwargs=dict(model.arch_kwargs), weights=src,
                    weights_identity=weights.identity(src, cfg.seed), seed=cfg.seed,
                    arch_code=arch_code(model.arch), torch=environment.module_version("torch"),
+                   input_layout=model.preprocess.layout,
                    allowed_prefixes=prefixes, weights_dir=str(cfg.cache_dir / "weights"))
 
     def check(self) -> None:
@@ -55,9 +57,11 @@ class ModelSpec:
         weights.check_available(self.weights, Path(self.weights_dir))
 
     def build(self) -> nn.Module:
-        """The model in eval mode, its checkpoint fetched (and verified) first."""
+        """The model in eval mode taking `input_layout`, its checkpoint fetched (and verified)
+        first."""
         from runner.models import build
 
         checkpoint = weights.fetch(self.weights, Path(self.weights_dir))
-        return build.build(self.arch, self.arch_kwargs, checkpoint, self.seed,
-                           self.allowed_prefixes)
+        net = build.build(self.arch, self.arch_kwargs, checkpoint, self.seed,
+                          self.allowed_prefixes)
+        return build.for_input_layout(net, self.input_layout)

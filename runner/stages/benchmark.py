@@ -46,7 +46,8 @@ class Settings:
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> Settings:
-        return cls(BatchSpec(cfg.bs, cfg.model.input_size, cfg.benchmark.input, cfg.seed),
+        return cls(BatchSpec(cfg.bs, cfg.model.input_size, cfg.model.preprocess.layout,
+                             cfg.benchmark.input, cfg.seed),
                    copy.deepcopy(cfg.benchmark), SessionSettings.from_config(cfg),
                    cfg.chip.name, tuple(cfg.chip.devices), backend_code(cfg.chip.runtime),
                    environment.host_id(), lock_dir=str(cfg.cache_dir))

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner.cache import StageOutput, atomic_output_path, digest_file
-from runner.config import RunConfig
+from runner.config import RunConfig, input_shape
 from runner.models.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ class OnnxSpec:
     output_name: str
     input_size: int  # H = W of the input
     opset: int
+    layout: str  # of the input: NCHW | NHWC
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Settings:
 
 def onnx_spec(cfg: RunConfig) -> OnnxSpec:
     m = cfg.model
-    return OnnxSpec(m.input_name, m.output_name, m.input_size, m.opset)
+    return OnnxSpec(m.input_name, m.output_name, m.input_size, m.opset, m.preprocess.layout)
 
 
 def check(settings: Settings) -> None:
@@ -52,7 +53,7 @@ def export_onnx(net: nn.Module, spec: OnnxSpec, target: Path) -> None:
     import onnx
     import torch
 
-    dummy = torch.randn(1, 3, spec.input_size, spec.input_size)
+    dummy = torch.randn(*input_shape(1, spec.input_size, spec.layout))
     with atomic_output_path(target) as writing, torch.no_grad():
         # the TorchScript exporter: the dynamo one needs opset >= 18, the guides need 11
         torch.onnx.export(

@@ -1,11 +1,12 @@
 """Stand-in for CANN's `atc` (Ascend Tensor Compiler) where CANN cannot be installed.
 
 It follows atc's documented command line (../shared/docs/ascend-reference.md, section 2):
-`--key=value` options, `--framework=5` for ONNX, `--input_shape="<input>:<n>,3,<h>,<w>"` naming
-a real input of the model, `-1` batch with `--dynamic_batch_size`, a known `--soc_version`; on
-success it prints "ATC run success, welcome to the next use." and writes `<output>.om`, on an
-error it prints atc's failure line and an E-code and exits 1. Every call is appended to
-$RUNNER_STANDIN_LOG as a JSON line.
+`--key=value` options, `--framework=5` for ONNX, `--input_shape="<input>:<n>,3,<h>,<w>"` (or
+`<n>,<h>,<w>,3` with `--input_format=ND`, a channels-last input) naming a real input of the
+model, `-1` batch with `--dynamic_batch_size`, a known `--soc_version`; on success it prints
+"ATC run success, welcome to the next use." and writes `<output>.om`, on an error it prints
+atc's failure line and an E-code and exits 1. Every call is appended to $RUNNER_STANDIN_LOG as
+a JSON line.
 
 The "OM" file is one JSON header line (what atc was told) followed by ONNX bytes, which the
 stand-in aclruntime runs with ONNX Runtime: outputs are a deterministic function of the input.
@@ -153,7 +154,9 @@ def main(argv: list[str]) -> None:
         invalid("framework", options["framework"], ": this stand-in converts ONNX (5) only")
     if not SOC_VERSION.match(options["soc_version"]):
         invalid("soc_version", options["soc_version"])
-    if options.get("input_format", "NCHW") != "NCHW":
+    # an ONNX model's input formats (CANN's atc manual, "--input_format", e.g. CANN 8.0
+    # atlasatcparam_16_0015): NCHW (default), NCDHW, or ND (any layout, e.g. channels last)
+    if options.get("input_format", "NCHW") not in ("NCHW", "NCDHW", "ND"):
         invalid("input_format", options["input_format"])
     if options.get("precision_mode", "force_fp16") not in PRECISION_MODES:
         invalid("precision_mode", options["precision_mode"])
