@@ -8,6 +8,11 @@ normalized in the main thread, no overlap: the serial pass), and the benchmark s
 bs (`throughput_fps`, ais_bench's 1000 * bs / mean compute ms). The load average is printed
 beside each row; the breakdown of the last pipelined pass like the older benchmark tool's file.
 
+Passes minutes apart drift by a few percent on a shared VM, so each row also gives a ratio taken
+within the pipelined passes themselves: e2e_fps / e2e_infer_fps (wall time vs the time inside
+session.run): 1.0 when the main thread never waits for a batch. It cannot show what the loader's
+CPU takes from inference on shared cores; the cross-pass ratios can.
+
     python -m benchmarks.e2e_vs_inference --models alexnet inceptionv4 --bs 16 --images 2000
 """
 
@@ -47,7 +52,7 @@ def main() -> None:
     ])
     breakdowns = []
     print(f"{'model':<12}{'bs':>4}{'e2e fps':>9}{'serial':>8}{'infer fps':>11}{'ratio':>8}"
-          f"{'serial ratio':>14}{'load':>6}  verdict")
+          f"{'serial ratio':>14}{'in-pass':>9}{'load':>6}  verdict")
     for model in models:
         for bs in args.bs:
             cfg = common.run_config(
@@ -56,7 +61,7 @@ def main() -> None:
                 "benchmark.warmup_min_s=0.5", f"benchmark.min_iters={args.min_iters}",
                 f"benchmark.min_duration_s={args.min_duration}", "benchmark.repeats=1")
             paths = common.make(cfg, ["export", "convert", "preprocess"])
-            pipelined, serial, pure = [], [], []
+            pipelined, serial, pure, in_pass = [], [], [], []
             last_e2e: dict[str, float] = {}
             for round_index in range(args.rounds):
                 sides = ["e2e", "serial", "pure"]
@@ -67,6 +72,7 @@ def main() -> None:
                         if side == "e2e":
                             last_e2e = e2e.run(settings, paths, out).metrics
                             pipelined.append(last_e2e["e2e_fps"])
+                            in_pass.append(last_e2e["e2e_fps"] / last_e2e["e2e_infer_fps"])
                         elif side == "serial":
                             serial_settings = dataclasses.replace(settings, prefetch=0)
                             serial.append(e2e.run(serial_settings, paths, out)
@@ -79,8 +85,12 @@ def main() -> None:
             serial_ratio = common.mean(serial) / common.mean(pure)
             print(f"{model:<12}{bs:>4}{common.mean(pipelined):>9.1f}{common.mean(serial):>8.1f}"
                   f"{common.mean(pure):>11.1f}{ratio:>8.3f}{serial_ratio:>14.3f}"
+                  f"{common.mean(in_pass):>9.3f}"
                   f"{os.getloadavg()[0]:>6.2f}  "
                   f"{common.verdict(ratio, TARGET, higher_is_better=True)}")
+            print("   per round (fps): " + "; ".join(
+                f"{name} {', '.join(f'{v:.1f}' for v in values)}"
+                for name, values in (("e2e", pipelined), ("serial", serial), ("infer", pure))))
             breakdowns.append((model, bs, last_e2e))
     for model, bs, metrics in breakdowns:
         print(f"-- breakdown of the last pipelined pass, {model} bs={bs} "
