@@ -74,3 +74,17 @@ def verdict(value: float, target: float, higher_is_better: bool) -> str:
 
 def mean(values: list[float]) -> float:
     return statistics.fmean(values)
+
+
+def machine_probe_ms(rounds: int = 5) -> float:
+    """Median milliseconds of a fixed pure-Python loop on one core: how fast this machine is
+    right now, apart from any model. On a shared VM it moves with the host's other tenants;
+    when it moves as much as a figure does, the figure's spread is the machine's."""
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        total = 0
+        for value in range(300_000):
+            total += value * value
+        times.append(1000.0 * (time.perf_counter() - started))
+    return statistics.median(times)

@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hydra import compose, initialize_config_dir
 
 from runner import config
+from runner.artifacts import PreprocessedDataset
 from runner.config import PROJECT_ROOT, PreprocessRecipe, RunConfig
 from runner.data.transforms import normalize
 from runner.stages import preprocess
@@ -150,7 +151,7 @@ def bench(model: str, images: list[Path], copies: int, rounds: int, work: Path) 
         our_load.append(os.getloadavg()[0])
 
     n = len(paths)
-    data = preprocess.PreprocessedDataset(our_dir)
+    data = PreprocessedDataset(our_dir)
     worst = 0.0
     for index, path in enumerate(paths):
         expected = np.fromfile(ref_dir / f"{path.name.split('.')[0]}.bin", dtype=np.float32)

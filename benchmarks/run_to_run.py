@@ -5,6 +5,9 @@ Two figures, one after the other in one invocation:
   (what a user sees re-running the same job); CV = sample std / mean of their throughput_fps;
 - within a run: one benchmark stage with benchmark.repeats=5 (one warm-up, 5 timed runs back to
   back): the `throughput_cv` metric it logs.
+Each row also prints every run's and repeat's figure, and a machine probe taken before each run
+(`common.machine_probe_ms`, no model involved): when the probe moves as much as the figures, the
+spread is the machine's, not the runner's.
 
     python -m benchmarks.run_to_run --models alexnet inceptionv4 --bs 1 16
 """
@@ -12,6 +15,7 @@ Two figures, one after the other in one invocation:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -21,6 +25,7 @@ from runner.measurement import coefficient_of_variation
 from runner.stages import benchmark
 
 TARGET = 0.03
+PROBE = "a fixed pure-Python loop on one core, median of 5"
 
 
 def main() -> None:
@@ -46,8 +51,9 @@ def main() -> None:
                         f"benchmark.min_duration_s={args.min_duration}"]
             single = common.run_config(*settings, "benchmark.repeats=1")
             paths = common.make(single, ["export", "convert"])
-            across = []
+            across, probes = [], []
             for _ in range(args.repeats):
+                probes.append(common.machine_probe_ms())
                 with tempfile.TemporaryDirectory() as scratch:
                     output = benchmark.run(benchmark.Settings.from_config(single), paths,
                                            Path(scratch))
@@ -56,12 +62,20 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as scratch:
                 within = benchmark.run(benchmark.Settings.from_config(repeated), paths,
                                        Path(scratch)).metrics["throughput_cv"]
+                report = json.loads((Path(scratch) / benchmark.RESULT_FILE).read_text())
+                repeats = [run["throughput_fps"] for run in report["repeats"]]
             cv_across = coefficient_of_variation(across)
             assert cv_across is not None, "needs --repeats >= 2"
             worst = max(cv_across, within)
             print(f"{model:<12}{bs:>4}{common.mean(across):>12.1f}{cv_across:>16.2%}"
                   f"{within:>17.2%}{os.getloadavg()[0]:>6.2f}  "
                   f"{common.verdict(worst, TARGET, higher_is_better=False)}")
+            # which runs moved: a slow outlier, a drift, or spread throughout
+            print(f"   fps of each run: {', '.join(f'{v:.1f}' for v in across)}; of each "
+                  f"repeat within the run: {', '.join(f'{v:.1f}' for v in repeats)}")
+            print(f"   machine probe before each run (ms, {PROBE}): "
+                  f"{', '.join(f'{v:.1f}' for v in probes)}; CV "
+                  f"{coefficient_of_variation(probes):.2%}")
 
 
 if __name__ == "__main__":
