@@ -1,0 +1,60 @@
+"""The benchmark scripts run: each one, shrunk to seconds, prints its table.
+
+They are not timed here (figures come from running them on a quiet machine, see the README);
+this only keeps them working as the code they drive changes (`preprocess_speed` once read a
+class from a module it had left).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runner.config import PROJECT_ROOT
+from tests.conftest import needs_sample
+
+pytestmark = pytest.mark.slow
+
+
+def run_script(module: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+QUICK = ("--min-iters", "2", "--min-duration", "0.1")
+
+
+def test_e2e_vs_inference(tmp_path: Path) -> None:
+    out = run_script("e2e_vs_inference", "--models", "alexnet", "--bs", "4", "--images", "16",
+                     "--rounds", "1", *QUICK, "--cache-dir", str(tmp_path))
+    row = next(line for line in out.splitlines() if line.startswith("alexnet"))
+    assert row.split()[1] == "4" and ("met" in row or "MISSED" in row)
+    assert "per round (fps): e2e" in out and "[infer] throughputRate" in out
+
+
+def test_run_to_run(tmp_path: Path) -> None:
+    out = run_script("run_to_run", "--models", "alexnet", "--bs", "2", "--repeats", "2",
+                     *QUICK, "--cache-dir", str(tmp_path))
+    assert any(line.startswith("alexnet") and "%" in line for line in out.splitlines())
+    assert "fps of each run:" in out and "machine probe before each run" in out
+
+
+def test_full_size(tmp_path: Path) -> None:
+    out = run_script("full_size", "--sizes", "4", "8", "--model", "alexnet", "--bs", "4",
+                     "--work", str(tmp_path))
+    assert "N=4: wall" in out and "N=8: wall" in out
+    assert any(line.startswith("preprocess") for line in out.splitlines())
+    assert "peak PSS" in out
+
+
+@needs_sample
+def test_preprocess_speed() -> None:
+    out = run_script("preprocess_speed", "--models", "resnet50_mlperf", "alexnet", "--limit",
+                     "8", "--copies", "1", "--rounds", "1")
+    assert "speed ratio runner/reference" in out
+    assert "fed tensors vs .bin max abs diff 0" in out  # alexnet's PIL recipe: exact
