@@ -450,12 +450,14 @@ class E2EConfig:
     """The end-to-end pass from the preprocessed cache (the `e2e` stage)."""
 
     images: int | None = None  # the first N images; None: the whole dataset
-    prefetch: int = 2  # batches read and normalized ahead by the loader thread; 0: serial
+    # batches read and normalized ahead by the loader thread; 0: serial; null: serial where
+    # inference already fills this host's cores (runner.inference.pipelined_prefetch), else 2
+    prefetch: int | None = None
 
     def __post_init__(self) -> None:
         if self.images is not None:
             _check_positive("e2e.images", self.images)
-        if self.prefetch < 0:
+        if self.prefetch is not None and self.prefetch < 0:
             raise ConfigError(f"e2e.prefetch={self.prefetch} must be >= 0")
 
 

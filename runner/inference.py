@@ -8,6 +8,7 @@ background thread (`runner.data.loader`), so the end-to-end rate approaches the 
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -27,6 +28,20 @@ from runner.measurement import Clock
 
 BATCHES_PER_CHUNK = 16  # the unit of resume: a killed run keeps every finished chunk
 DEFAULT_PREFETCH = 2  # batches read and normalized ahead of the one being inferred
+
+
+def default_prefetch(device_type: str, threads: int) -> int:
+    """The loader's lead when `e2e.prefetch` is not set: none where inference runs on this
+    host's CPU with a thread per core, DEFAULT_PREFETCH where an accelerator leaves the CPU free.
+
+    On the CPU the loader thread competes with the runtime's intra-op threads for the same cores:
+    overlapping can save at most half the normalize time, and a parallel operator waits for its
+    preempted thread; measured on 2 cores, the pipelined InceptionV4 pass was 2-5% below the
+    serial one (README, benchmarks/e2e_vs_inference)."""
+    cores = os.cpu_count() or 1
+    if device_type == "cpu" and (threads == 0 or threads >= cores):
+        return 0
+    return DEFAULT_PREFETCH
 WARMUP_CALLS = 2  # untimed session.run calls on the first batch before the timed pass
 PARTS = ("read", "preprocess", "infer", "post")
 

@@ -4,6 +4,7 @@ real preprocess stage and a small real ONNX model run by ONNX Runtime."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -252,3 +253,15 @@ def test_normalize_by_lookup_equals_torch_for_every_uint8_value() -> None:
         np.testing.assert_array_equal(normalize(pixels, recipe), expected.numpy())
         np.testing.assert_array_equal(normalize(pixels[:, :, ::2], recipe),
                                       expected.numpy()[:, :, :, ::2])
+
+
+def test_the_loader_runs_ahead_only_where_the_cpu_is_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    """e2e.prefetch unset: serial where inference fills the host's cores, pipelined otherwise."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert inference.default_prefetch("cpu", 0) == 0  # the runtime takes every core
+    assert inference.default_prefetch("cpu", 4) == 0
+    assert inference.default_prefetch("cpu", 2) == inference.DEFAULT_PREFETCH
+    assert inference.default_prefetch("cuda", 0) == inference.DEFAULT_PREFETCH
+    assert inference.default_prefetch("npu", 0) == inference.DEFAULT_PREFETCH
+    assert e2e.Settings.from_config(run_config()).prefetch == 0  # chip=cpu, default threads
+    assert e2e.Settings.from_config(run_config("e2e.prefetch=3")).prefetch == 3

@@ -38,7 +38,8 @@ METHOD = {
     "post": "logits to float32 host array, into the chunk; writing each finished chunk file",
     "e2e_<part>_fps": "1000 * images / total ms in that part (the old tool's throughputRate)",
     "e2e_<part>_ms": "mean ms per batch in that part (the old tool's moduleLatency)",
-    "overlap": "read + preprocess run up to e2e.prefetch batches ahead in a background thread, "
+    "overlap": "read + preprocess run up to `prefetch` batches ahead in a background thread "
+    "(e2e.prefetch; by default 0 where inference runs on the host's CPU cores, else 2), "
     "so the parts' times overlap and do not add up to the wall time; 0: one thread, serial",
 }
 
@@ -63,7 +64,9 @@ class Settings:
         return cls(bs=cfg.bs, session=session, chip=cfg.chip.name,
                    devices=tuple(cfg.chip.devices),
                    normalization=cfg.model.preprocess.normalization(), images=cfg.e2e.images,
-                   prefetch=cfg.e2e.prefetch, backend_code=backend_code(session.runtime),
+                   prefetch=(inference.default_prefetch(session.device_type, session.threads)
+                             if cfg.e2e.prefetch is None else cfg.e2e.prefetch),
+                   backend_code=backend_code(session.runtime),
                    host=environment.host_id(), busy_threshold=cfg.benchmark.busy_threshold,
                    lock_dir=str(cfg.cache_dir))
 
