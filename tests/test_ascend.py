@@ -222,17 +222,23 @@ def test_om_cache_key(use_standins) -> None:
     assert CANN_VERSION in static
 
 
+def convert_and_open(standins: AscendStandins, onnx_path: Path, out_dir: Path,
+                     cfg) -> tuple[list[str], object]:
+    """The OM the stand-in atc makes of `onnx_path` for `cfg`: atc's argv, and an open session."""
+    om_path, _ = ais_bench.convert(onnx_path, out_dir, ais_bench.convert_settings(cfg))
+    (call,) = standins.calls("atc")
+    return call["argv"], ais_bench.open_session(om_path, SessionSettings.from_config(cfg), 0)
+
+
 @pytest.mark.parametrize("generation", GENERATIONS)
 def test_dynamic_batch_om(use_standins, resnet18_onnx: Path, tmp_path: Path,
                           generation: str) -> None:
     standins = use_standins(generation=generation)
     cfg = run_config(*FP32_CHIP, "model=resnet18", "bs=4", "chip.dynamic_batch_sizes=[1,4,8]",
                      "model.weights=random")
-    om_path, _ = ais_bench.convert(resnet18_onnx, tmp_path, ais_bench.convert_settings(cfg))
-    (call,) = standins.calls("atc")
-    assert "--input_shape=input:-1,3,224,224" in call["argv"]
-    assert "--dynamic_batch_size=1,4,8" in call["argv"]
-    session = ais_bench.open_session(om_path, SessionSettings.from_config(cfg), 0)
+    argv, session = convert_and_open(standins, resnet18_onnx, tmp_path, cfg)
+    assert "--input_shape=input:-1,3,224,224" in argv
+    assert "--dynamic_batch_size=1,4,8" in argv
     batch = np.random.default_rng(1).standard_normal((3, 3, 224, 224), dtype=np.float32)
     assert np.abs(session.run(batch) - onnx_cpu(resnet18_onnx, batch)).max() <= 1e-5
     assert np.abs(session.run(batch[:1]) - onnx_cpu(resnet18_onnx, batch[:1])).max() <= 1e-5
@@ -257,11 +263,9 @@ def test_channels_last_om(use_standins, tmp_path: Path) -> None:
         export_onnx(net, onnx_spec(run_config("model=resnet18")), nchw_onnx)
     om_dir = tmp_path / "om"
     om_dir.mkdir()
-    om_path, _ = ais_bench.convert(nhwc_onnx, om_dir, ais_bench.convert_settings(cfg))
-    (call,) = standins.calls("atc")
-    assert "--input_format=ND" in call["argv"]
-    assert "--input_shape=input:2,224,224,3" in call["argv"]
-    session = ais_bench.open_session(om_path, SessionSettings.from_config(cfg), 0)
+    argv, session = convert_and_open(standins, nhwc_onnx, om_dir, cfg)
+    assert "--input_format=ND" in argv
+    assert "--input_shape=input:2,224,224,3" in argv
     batch = np.random.default_rng(2).standard_normal((2, 3, 224, 224), dtype=np.float32)
     got = session.run(np.ascontiguousarray(batch.transpose(0, 2, 3, 1)))
     assert np.abs(got - onnx_cpu(nchw_onnx, batch)).max() <= 1e-4
