@@ -42,6 +42,8 @@ def default_prefetch(device_type: str, threads: int) -> int:
     if device_type == "cpu" and (threads == 0 or threads >= cores):
         return 0
     return DEFAULT_PREFETCH
+
+
 WARMUP_CALLS = 2  # untimed session.run calls on the first batch before the timed pass
 PARTS = ("read", "preprocess", "infer", "post")
 

@@ -33,8 +33,11 @@ def test_e2e_vs_inference(tmp_path: Path) -> None:
     out = run_script("e2e_vs_inference", "--models", "alexnet", "--bs", "4", "--images", "16",
                      "--rounds", "1", *QUICK, "--cache-dir", str(tmp_path))
     row = next(line for line in out.splitlines() if line.startswith("alexnet"))
-    assert row.split()[1] == "4" and ("met" in row or "MISSED" in row)
-    assert "per round (fps): e2e" in out and "[infer] throughputRate" in out
+    # on the CPU, with the runtime's default threads, the e2e stage's default pass is the serial
+    # one (runner.inference.default_prefetch), and that is the pass the verdict judges
+    assert row.split()[1] == "4" and ("serial: met" in row or "serial: MISSED" in row)
+    assert "per round (fps): serial" in out and "pipelined" in out
+    assert "[infer] throughputRate" in out
 
 
 def test_run_to_run(tmp_path: Path) -> None:
