@@ -131,27 +131,48 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     # serialized in memory first: np.save into a file reports a full disk without an errno
     buffer = io.BytesIO()
     np.save(buffer, array)
-    atomic_write_bytes(path, buffer.getbuffer())
-    seal(path, hashlib.sha256(buffer.getbuffer()).hexdigest())
+    sha256 = hashlib.sha256(buffer.getbuffer()).hexdigest()
+    _place_sealed(path, buffer.getbuffer().nbytes, sha256,
+                  lambda: atomic_write_bytes(path, buffer.getbuffer()))
 
 
 def _sidecar(path: Path) -> Path:
     return path.with_name(f".{path.name}.sum")
 
 
+def _write_sidecar(path: Path, size: int, sha256: str) -> None:
+    atomic_write_text(_sidecar(path), json.dumps({"size": size, "sha256": sha256}))
+
+
 def seal(path: Path, sha256: str | None = None) -> None:
-    """Record a finished file's size and digest in its sidecar, written after the file: a file of a
-    partial folder without a matching sidecar is unfinished (or damaged) and is not resumed."""
-    record = {"size": path.stat().st_size, "sha256": sha256 or digest_file(path)}
-    atomic_write_text(_sidecar(path), json.dumps(record))
+    """Record a finished file's size and digest in its sidecar: a file of a partial folder
+    without a matching sidecar is unfinished (or damaged) and is not resumed."""
+    _write_sidecar(path, path.stat().st_size, sha256 or digest_file(path))
 
 
 def finish_file(tmp: Path, target: Path) -> None:
-    """Make `tmp` (filled in place, e.g. through a memory map) the finished file `target`."""
+    """Make `tmp` (filled in place, e.g. through a memory map) the finished file `target`.
+
+    The sidecar is written before the rename, so a file that can be seen is sealed: an interrupt
+    at any point leaves the file finished and kept, or absent (with at most a sidecar of nothing,
+    which the next run drops). Sealed after the rename, a chunk seen finished was lost to an
+    interrupt that came before its seal (tests/test_errors_interrupt.py caught one).
+    """
     with open(tmp, "rb+") as stream:
         os.fsync(stream.fileno())
-    os.replace(tmp, target)
-    seal(target)
+    _place_sealed(target, tmp.stat().st_size, digest_file(tmp), lambda: os.replace(tmp, target))
+
+
+def _place_sealed(target: Path, size: int, sha256: str, place: Callable[[], None]) -> None:
+    """Write `target`'s sidecar, then `place()` the file. A write that fails (a full disk) takes
+    its sidecar back; an interrupt leaves a sidecar of nothing, dropped by the cache's clean-up
+    of the partial folder (`_drop_unfinished`, `_keep_finished`)."""
+    _write_sidecar(target, size, sha256)
+    try:
+        place()
+    except OSError:
+        _sidecar(target).unlink(missing_ok=True)
+        raise
 
 
 def _recorded(path: Path) -> tuple[int, str] | None:

@@ -22,6 +22,7 @@ from runner.cache import (
     StageOutput,
     atomic_save_npy,
     atomic_write_text,
+    finish_file,
     lookup,
     run_cached,
 )
@@ -175,18 +176,48 @@ def test_a_resumed_partial_folder_keeps_only_sealed_matching_chunks(
     os.truncate(partial / "chunk1.npy", 200)  # damaged after it was sealed
     (partial / "manifest.json").write_text("{")  # unsealed: maybe half-written
     (partial / ".chunk2.npy.tmp-123").write_bytes(b"x")  # a killed run's temporary file
+    # the sidecar of a chunk that an interrupt kept from being renamed into place
+    (partial / ".chunk3.npy.sum").write_text('{"size": 1, "sha256": "0"}')
     seen: list[list[str]] = []
 
     def compute(out_dir: Path) -> StageOutput:
-        seen.append(sorted(p.name for p in out_dir.iterdir() if not p.name.startswith(".")))
+        seen.append(sorted(p.name for p in out_dir.iterdir()))
         return _chunked_stage([])(out_dir)
 
     with caplog.at_level(logging.WARNING, logger="runner"):
         entry = run_cached(tmp_path, "s", "k", compute)
-    assert seen == [["chunk0.npy"]]
+    assert seen == [[".chunk0.npy.sum", "chunk0.npy"]]
     assert any("chunk1.npy has 200 bytes" in r.getMessage() for r in caplog.records)
     assert sorted(p.name for p in entry.path.iterdir()) == [
         "chunk0.npy", "chunk1.npy", "manifest.json", "result.json"]
+
+
+def test_a_finished_file_is_sealed_before_it_appears(tmp_path: Path) -> None:
+    """finish_file writes the sidecar, then renames: a chunk that can be seen is one a resume
+    keeps. A rename that fails takes its sidecar back."""
+    filling = tmp_path / ".chunk0.npy.filling"
+    with open(filling, "wb") as stream:
+        np.save(stream, np.arange(10))
+    sidecar_when_placed = []
+    real_replace = os.replace
+
+    def replace_and_look(source: Path, target: Path) -> None:  # the renames, watched
+        if Path(target).name == "chunk0.npy":
+            sidecar_when_placed.append((tmp_path / ".chunk0.npy.sum").exists())
+        real_replace(source, target)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "replace", replace_and_look)
+        finish_file(filling, tmp_path / "chunk0.npy")
+    assert sidecar_when_placed == [True] and not filling.exists()
+    record = json.loads((tmp_path / ".chunk0.npy.sum").read_text())
+    assert record["size"] == (tmp_path / "chunk0.npy").stat().st_size
+    np.save(tmp_path / "again.npy", np.arange(3))
+    (tmp_path / "chunk1.npy").mkdir()  # the rename cannot replace a directory
+    (tmp_path / "chunk1.npy" / "x").write_text("")
+    with pytest.raises(OSError):
+        finish_file(tmp_path / "again.npy", tmp_path / "chunk1.npy")
+    assert not (tmp_path / ".chunk1.npy.sum").exists()
 
 
 def test_a_full_disk_leaves_no_half_written_file(tmp_path: Path) -> None:
