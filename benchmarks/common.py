@@ -7,10 +7,12 @@ import argparse
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
+import psutil
 from hydra import compose, initialize_config_dir
 
-from runner import config, environment, pipeline
+from runner import config, device_lock, environment, pipeline
 from runner.config import PROJECT_ROOT, RunConfig
 
 DEFAULT_MODELS = ("alexnet", "inceptionv4")
@@ -88,3 +90,19 @@ def machine_probe_ms(rounds: int = 5) -> float:
             total += value * value
         times.append(1000.0 * (time.perf_counter() - started))
     return statistics.median(times)
+
+
+def cpu_mark() -> Any:
+    """A sample of all cores' times, to take `stolen_since` from."""
+    return psutil.cpu_times()
+
+
+def stolen_since(mark: Any) -> float:
+    """Percent of all cores' time since `mark` that the hypervisor gave to other guests while
+    this VM wanted to run ("steal"; 0 on bare metal): figures taken meanwhile are low by about
+    that much, whatever the load average says."""
+    return device_lock.CpuUse.between(mark, psutil.cpu_times(), 0.0).stolen_pct
+
+
+def percents(values: list[float]) -> str:
+    return ", ".join(f"{v:.0f}%" for v in values)

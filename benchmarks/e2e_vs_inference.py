@@ -9,8 +9,10 @@ stage at the same bs (`throughput_fps`, ais_bench's 1000 * bs / mean compute ms)
 judges the pass the e2e stage runs when `e2e.prefetch` is unset on this host (serial where
 inference fills the host's CPU cores, pipelined where an accelerator runs it:
 runner.inference.default_prefetch); the other pass is printed beside it. The load average is
-printed beside each row; the breakdown of the last pipelined pass like the older benchmark
-tool's file.
+printed beside each row, and under it each pass's figure and the share of the CPU the hypervisor
+took while it was timed (steal: a pass that lost 10% of the cores to other guests is 10% low,
+whatever the load average says); the breakdown of the last pipelined pass like the older
+benchmark tool's file.
 
 Passes minutes apart drift by a few percent on a shared VM, so each row also gives a ratio taken
 within the pipelined passes themselves: e2e_fps / e2e_infer_fps (wall time vs the time inside
@@ -72,6 +74,7 @@ def main() -> None:
                                                        prefetch=inference.DEFAULT_PREFETCH)}
             default = "serial" if settings.prefetch == 0 else "pipelined"
             fps: dict[str, list[float]] = {"serial": [], "pipelined": [], "infer": []}
+            stolen: dict[str, list[float]] = {side: [] for side in fps}
             in_pass: list[float] = []
             last_pipelined: dict[str, float] = {}
             for round_index in range(args.rounds):
@@ -83,9 +86,12 @@ def main() -> None:
                             measured = benchmark.run(benchmark.Settings.from_config(cfg), paths,
                                                      out)
                             fps["infer"].append(measured.metrics["throughput_fps"])
+                            stolen["infer"].append(
+                                measured.metrics.get("benchmark_cpu_stolen_during_pct", 0.0))
                             continue
                         metrics = e2e.run(passes[side], paths, out).metrics
                         fps[side].append(metrics["e2e_fps"])
+                        stolen[side].append(metrics.get("e2e_cpu_stolen_during_pct", 0.0))
                         if side == "pipelined":
                             last_pipelined = metrics
                             in_pass.append(metrics["e2e_fps"] / metrics["e2e_infer_fps"])
@@ -103,6 +109,8 @@ def main() -> None:
             print("   per round (fps): " + "; ".join(
                 f"{name} {', '.join(f'{v:.1f}' for v in values)}"
                 for name, values in fps.items()))
+            print("   CPU stolen by the hypervisor during each timed pass: " + "; ".join(
+                f"{name} {common.percents(values)}" for name, values in stolen.items()))
             breakdowns.append((model, bs, last_pipelined))
     for model, bs, metrics in breakdowns:
         print(f"-- breakdown of the last pipelined pass, {model} bs={bs} "

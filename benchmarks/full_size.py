@@ -65,7 +65,7 @@ def run_size(images: int, args: argparse.Namespace, work: Path) -> dict[str, flo
     synthetic.generate(Path(cfg.dataset.root), cfg.dataset.images, cfg.dataset.labels,
                        cfg.dataset.synthetic)
     peak = 0
-    started = time.perf_counter()
+    mark, started = common.cpu_mark(), time.perf_counter()
     process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     watched = psutil.Process(process.pid)
@@ -82,14 +82,15 @@ def run_size(images: int, args: argparse.Namespace, work: Path) -> dict[str, flo
     _, stderr = process.communicate()
     done.set()
     watcher.join()
-    wall = time.perf_counter() - started
+    wall, stolen = time.perf_counter() - started, common.stolen_since(mark)
     if process.returncode != 0:
         raise SystemExit(f"runner failed ({process.returncode}): {stderr[-2000:]}")
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
     (run,) = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
-    row = {"wall_s": wall, "peak_rss_mb": peak / 2**20, "load": os.getloadavg()[0]}
+    row = {"wall_s": wall, "peak_rss_mb": peak / 2**20, "load": os.getloadavg()[0],
+           "stolen_pct": stolen}
     for stage in STAGES:
         row[f"{stage}_s"] = run.data.metrics.get(f"time_{stage}_s", float("nan"))
         row[f"{stage}_mb"] = (folder_bytes(cache / stage) / 2**20
@@ -122,7 +123,8 @@ def main() -> None:
             rows.append(run_size(size, args, work))
             row = rows[-1]
             print(f"N={size}: wall {row['wall_s']:.0f} s, peak PSS {row['peak_rss_mb']:.0f} MB, "
-                  f"load {row['load']:.2f}", flush=True)
+                  f"load {row['load']:.2f}, CPU stolen by the hypervisor {row['stolen_pct']:.0f}%",
+                  flush=True)
     small, large = rows
     ratio_images = args.sizes[1] / args.sizes[0]
     print(f"{'stage':<11}{'s @ small':>10}{'s @ large':>11}{'img/s large':>13}"

@@ -12,12 +12,14 @@ For each model (its recipe from conf/model/<name>.yaml), in one process, alterna
   runner     `runner.stages.preprocess.run` with its default workers (one per core), writing the
              uint8 chunk cache, with the model's library (PIL, or OpenCV for resnet50_mlperf)
 Timer: time.perf_counter around a whole pass over the images (process start-up and file writes
-included), after reading every file once to warm the page cache. Prints images/s of each with the
-1-minute load average read right after each pass (other processes share these cores, so on a
-busy host the figures are provisional), the median of the per-round ratios, CPU time per image
-(getrusage, workers included), bytes per cached image vs the .bin file, and, for PIL models,
-checks that the tensors fed to the model equal the .bin files (the OpenCV recipe's exactness
-against MLPerf's script is tests/test_opencv_recipe.py's).
+included), after reading every file once to warm the page cache and `os.sync()` so that no pass
+waits on the writes of the one before. Prints images/s of each with the 1-minute load average
+read right after each pass (other processes share these cores, so on a busy host the figures are
+provisional) and the share of all cores' time the hypervisor took during each pass (steal: on a
+VM the host's other guests slow a pass by about that much), the median of the per-round ratios,
+CPU time per image (getrusage, workers included), bytes per cached image vs the .bin file, and,
+for PIL models, checks that the tensors fed to the model equal the .bin files (the OpenCV
+recipe's exactness against MLPerf's script is tests/test_opencv_recipe.py's).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hydra import compose, initialize_config_dir
 
+from benchmarks import common
 from runner import config
 from runner.artifacts import PreprocessedDataset
 from runner.config import PROJECT_ROOT, PreprocessRecipe, RunConfig
@@ -135,20 +138,26 @@ def bench(model: str, images: list[Path], copies: int, rounds: int, work: Path) 
 
     ref_dir, our_dir = work / model / "bins", work / model / "chunks"
     ref_s, our_s, ref_cpu, our_cpu, ref_load, our_load = [], [], [], [], [], []
+    ref_stolen: list[float] = []
+    our_stolen: list[float] = []
     for _ in range(rounds):
         for out in (ref_dir, our_dir):
             shutil.rmtree(out, ignore_errors=True)
-        cpu, started = cpu_seconds(), time.perf_counter()
+        os.sync()  # neither pass waits on the other's file writes
+        cpu, mark, started = cpu_seconds(), common.cpu_mark(), time.perf_counter()
         reference_pass(paths, script_recipe, ref_dir)
         ref_s.append(time.perf_counter() - started)
         ref_cpu.append(cpu_seconds() - cpu)
         ref_load.append(os.getloadavg()[0])
+        ref_stolen.append(common.stolen_since(mark))
         our_dir.mkdir()
-        cpu, started = cpu_seconds(), time.perf_counter()
+        os.sync()
+        cpu, mark, started = cpu_seconds(), common.cpu_mark(), time.perf_counter()
         output = preprocess.run(preprocess.Settings.from_config(cfg), {}, our_dir)
         our_s.append(time.perf_counter() - started)
         our_cpu.append(cpu_seconds() - cpu)
         our_load.append(os.getloadavg()[0])
+        our_stolen.append(common.stolen_since(mark))
 
     n = len(paths)
     data = PreprocessedDataset(our_dir)
@@ -168,10 +177,12 @@ def bench(model: str, images: list[Path], copies: int, rounds: int, work: Path) 
           f"recipe {recipe.library} shorter side {recipe.shorter_side} {recipe.interpolation} "
           f"crop {recipe.crop}; reference script: PIL, {script_recipe.interpolation}")
     print(f"  reference script (1 process)      {n / statistics.median(ref_s):8.1f} images/s "
-          f"(median of {[round(n / s, 1) for s in ref_s]}, load {[round(x, 2) for x in ref_load]})")
+          f"(median of {[round(n / s, 1) for s in ref_s]}, load {[round(x, 2) for x in ref_load]}, "
+          f"stolen {common.percents(ref_stolen)})")
     print(f"  runner preprocess ({output.info['workers']} workers, {recipe.library}) "
           f"{n / statistics.median(our_s):8.1f} images/s "
-          f"(median of {[round(n / s, 1) for s in our_s]}, load {[round(x, 2) for x in our_load]})")
+          f"(median of {[round(n / s, 1) for s in our_s]}, load {[round(x, 2) for x in our_load]}, "
+          f"stolen {common.percents(our_stolen)})")
     print(f"  speed ratio runner/reference: median {statistics.median(ratios):.2f}x "
           f"(per round {[round(r, 2) for r in ratios]}); provisional: "
           f"{os.cpu_count()} cores shared with other processes (load above)")

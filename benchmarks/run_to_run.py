@@ -6,8 +6,10 @@ Two figures, one after the other in one invocation:
 - within a run: one benchmark stage with benchmark.repeats=5 (one warm-up, 5 timed runs back to
   back): the `throughput_cv` metric it logs.
 Each row also prints every run's and repeat's figure, and a machine probe taken before each run
-(`common.machine_probe_ms`, no model involved): when the probe moves as much as the figures, the
-spread is the machine's, not the runner's.
+(`common.machine_probe_ms`, no model involved) and the share of the CPU the hypervisor took
+during each run's timing (steal, the benchmark stage's `benchmark_cpu_stolen_during_pct`): when
+the probe or the steal moves as much as the figures, the spread is the machine's, not the
+runner's.
 
     python -m benchmarks.run_to_run --models alexnet inceptionv4 --bs 1 16
 """
@@ -26,6 +28,7 @@ from runner.stages import benchmark
 
 TARGET = 0.03
 PROBE = "a fixed pure-Python loop on one core, median of 5"
+STOLEN = "benchmark_cpu_stolen_during_pct"
 
 
 def main() -> None:
@@ -51,17 +54,19 @@ def main() -> None:
                         f"benchmark.min_duration_s={args.min_duration}"]
             single = common.run_config(*settings, "benchmark.repeats=1")
             paths = common.make(single, ["export", "convert"])
-            across, probes = [], []
+            across, probes, stolen = [], [], []
             for _ in range(args.repeats):
                 probes.append(common.machine_probe_ms())
                 with tempfile.TemporaryDirectory() as scratch:
                     output = benchmark.run(benchmark.Settings.from_config(single), paths,
                                            Path(scratch))
                     across.append(output.metrics["throughput_fps"])
+                    stolen.append(output.metrics.get(STOLEN, 0.0))
             repeated = common.run_config(*settings, f"benchmark.repeats={args.repeats}")
             with tempfile.TemporaryDirectory() as scratch:
-                within = benchmark.run(benchmark.Settings.from_config(repeated), paths,
-                                       Path(scratch)).metrics["throughput_cv"]
+                metrics = benchmark.run(benchmark.Settings.from_config(repeated), paths,
+                                        Path(scratch)).metrics
+                within = metrics["throughput_cv"]
                 report = json.loads((Path(scratch) / benchmark.RESULT_FILE).read_text())
                 repeats = [run["throughput_fps"] for run in report["repeats"]]
             cv_across = coefficient_of_variation(across)
@@ -76,6 +81,9 @@ def main() -> None:
             print(f"   machine probe before each run (ms, {PROBE}): "
                   f"{', '.join(f'{v:.1f}' for v in probes)}; CV "
                   f"{coefficient_of_variation(probes):.2%}")
+            print(f"   CPU stolen by the hypervisor during each run's timing: "
+                  f"{common.percents(stolen)}; during the run with repeats: "
+                  f"{metrics.get(STOLEN, 0.0):.0f}%")
 
 
 if __name__ == "__main__":

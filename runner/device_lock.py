@@ -53,27 +53,67 @@ class BusyReading:
     source: str  # "cpu", "nvidia-smi", "npu-smi"
     busy_pct: float | None  # None when the reading could not be taken
     detail: str = ""
+    stolen_pct: float | None = None  # cpu: the part of busy_pct the hypervisor took (steal)
 
 
-def cpu_busy_pct(sample_s: float = CPU_SAMPLE_S) -> float:
-    """Percent of all cores used by other processes over `sample_s` (this process excluded)."""
+@dataclass(frozen=True)
+class CpuUse:
+    """What of all cores' time over a span was not this process's to use, in percent.
+
+    On a virtual machine the hypervisor may run other guests on this VM's cores while our work
+    waits ("steal" in /proc/stat): the cores look busy to us, and figures come out low, as when
+    another process competes. Both count as busy; the stolen part is named, since no process
+    here can be stopped to free it (measured here: 4-26% during a preprocess pass).
+    """
+
+    others_pct: float  # other processes of this machine
+    stolen_pct: float  # taken by the hypervisor
+
+    @property
+    def busy_pct(self) -> float:
+        return min(100.0, self.others_pct + self.stolen_pct)
+
+    @classmethod
+    def between(cls, before: Any, after: Any, own_s: float) -> CpuUse:
+        """From two psutil.cpu_times() samples and this process's CPU seconds between them."""
+        def total_of(t: Any) -> float:  # Linux counts guest time inside user time already
+            return sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+
+        def idle(t: Any) -> float:
+            return t.idle + getattr(t, "iowait", 0.0)
+
+        total = total_of(after) - total_of(before)
+        if total <= 0:
+            return cls(0.0, 0.0)
+        stolen = getattr(after, "steal", 0.0) - getattr(before, "steal", 0.0)
+        others = total - (idle(after) - idle(before)) - stolen - own_s
+
+        def pct(seconds: float) -> float:
+            return max(0.0, min(100.0, 100.0 * seconds / total))
+
+        return cls(pct(others), pct(stolen))
+
+
+def cpu_use(sample_s: float = CPU_SAMPLE_S) -> CpuUse:
+    """How busy all cores are with other work over `sample_s` (this process excluded)."""
     me = psutil.Process()
     before, mine_before = psutil.cpu_times(), me.cpu_times()
     time.sleep(sample_s)
     after, mine_after = psutil.cpu_times(), me.cpu_times()
-
-    def idle(t: Any) -> float:
-        return t.idle + getattr(t, "iowait", 0.0)
-
-    def total_of(t: Any) -> float:  # Linux counts guest time inside user time already
-        return sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
-
-    total = total_of(after) - total_of(before)
-    if total <= 0:
-        return 0.0
-    busy = total - (idle(after) - idle(before))
     mine = (mine_after.user - mine_before.user) + (mine_after.system - mine_before.system)
-    return max(0.0, min(100.0, 100.0 * (busy - mine) / total))
+    return CpuUse.between(before, after, mine)
+
+
+def cpu_busy_pct(sample_s: float = CPU_SAMPLE_S) -> float:
+    """Percent of all cores used by other work over `sample_s`: other processes and the
+    hypervisor (this process excluded)."""
+    return cpu_use(sample_s).busy_pct
+
+
+def cpu_reading() -> BusyReading:
+    use = cpu_use()
+    detail = f"{use.stolen_pct:.0f}% stolen by the hypervisor" if use.stolen_pct >= 1 else ""
+    return BusyReading("cpu", use.busy_pct, detail, use.stolen_pct)
 
 
 def _run_tool(command: list[str]) -> str | None:
@@ -144,7 +184,7 @@ class BusyCheck:
 
 def check_busy(device_type: str, devices: list[int], threshold: float) -> BusyCheck:
     check = BusyCheck(threshold_pct=100.0 * threshold)
-    check.readings.append(BusyReading("cpu", cpu_busy_pct()))
+    check.readings.append(cpu_reading())
     readers = {"nvidia-smi": nvidia_busy, "npu-smi": npu_busy}
     for tool in device_tools(device_type):
         check.readings.extend(readers[tool](device) for device in devices)
@@ -155,16 +195,31 @@ def check_busy(device_type: str, devices: list[int], threshold: float) -> BusyCh
 class GuardRecord:
     locks: list[LockRecord]
     busy: BusyCheck
-    # percent of all cores used by other processes while the guarded (timed) work ran: this
-    # process and the workers it started excluded; set when the guarded block ends
-    busy_during_pct: float | None = None
+    # all cores' time used by other work while the guarded (timed) work ran: other processes
+    # (this one and the workers it started excluded) and the hypervisor; set when the block ends
+    busy_during: CpuUse | None = None
+
+    @property
+    def busy_during_pct(self) -> float | None:
+        return None if self.busy_during is None else self.busy_during.busy_pct
+
+    @property
+    def stolen_before_pct(self) -> float | None:
+        return next((r.stolen_pct for r in self.busy.readings if r.source == "cpu"), None)
+
+    @property
+    def stolen_during_pct(self) -> float | None:
+        return None if self.busy_during is None else self.busy_during.stolen_pct
 
     @property
     def busy_during_warning(self) -> str | None:
-        if self.busy_during_pct is None or self.busy_during_pct <= self.busy.threshold_pct:
+        if self.busy_during is None or self.busy_during.busy_pct <= self.busy.threshold_pct:
             return None
-        return (f"cpu: {self.busy_during_pct:.0f}% busy with other work during timing "
-                f"(threshold {self.busy.threshold_pct:.0f}%): figures may be low")
+        stolen = self.busy_during.stolen_pct
+        return (f"cpu: {self.busy_during.busy_pct:.0f}% busy with other work during timing "
+                f"(threshold {self.busy.threshold_pct:.0f}%)"
+                f"{f'; {stolen:.0f}% stolen by the hypervisor' if stolen >= 1 else ''}: "
+                "figures may be low")
 
     def report(self) -> dict[str, Any]:
         warnings = [*self.busy.warnings, *filter(None, [self.busy_during_warning])]
@@ -172,6 +227,8 @@ class GuardRecord:
             "locks": [asdict(lock) for lock in self.locks],
             "busy_pct": self.busy.busy_pct,
             "busy_during_pct": self.busy_during_pct,
+            "stolen_pct": self.stolen_before_pct,
+            "stolen_during_pct": self.stolen_during_pct,
             "busy_threshold_pct": self.busy.threshold_pct,
             "readings": [asdict(r) for r in self.busy.readings],
             "warnings": warnings,
@@ -179,29 +236,22 @@ class GuardRecord:
 
 
 class OthersCpuMeter:
-    """Percent of all cores used by other processes between `start` and `stop`: the whole
-    machine's busy time less this process's and its finished children's (the device workers)."""
+    """All cores' time used by other work between `start` and `stop`: the whole machine's busy
+    time less this process's and its finished children's (the device workers), split into other
+    processes and the hypervisor's steal."""
 
     def __init__(self) -> None:
         self._me = psutil.Process()
         self._start = self._sample()
 
-    def _sample(self) -> tuple[float, float, float]:
-        total = psutil.cpu_times()
+    def _sample(self) -> tuple[Any, float]:
         mine = self._me.cpu_times()
         own = mine.user + mine.system + mine.children_user + mine.children_system
-        idle = total.idle + getattr(total, "iowait", 0.0)
-        everything = sum(total) - getattr(total, "guest", 0.0) - getattr(total, "guest_nice", 0.0)
-        return everything, idle, own
+        return psutil.cpu_times(), own
 
-    def stop(self) -> float:
+    def stop(self) -> CpuUse:
         end = self._sample()
-        total = end[0] - self._start[0]
-        if total <= 0:
-            return 0.0
-        busy = total - (end[1] - self._start[1])
-        others = busy - (end[2] - self._start[2])
-        return max(0.0, min(100.0, 100.0 * others / total))
+        return CpuUse.between(self._start[0], end[0], end[1] - self._start[1])
 
 
 @contextmanager
@@ -219,6 +269,6 @@ def guard(cache_dir: Path, chip: str, device_type: str, devices: list[int],
         record = GuardRecord(locks, busy)
         meter = OthersCpuMeter()
         yield record
-        record.busy_during_pct = meter.stop()
+        record.busy_during = meter.stop()
         if record.busy_during_warning:
             log.warning("%s devices %s: %s", chip, ordered, record.busy_during_warning)

@@ -172,8 +172,12 @@ class PassResult:
             for device, (part, _) in self.per_device.items():
                 metrics.update({f"{k}_dev{device}": v for k, v in part.metrics().items()
                                 if k == "e2e_fps"})
-        if self.guard is not None and self.guard["busy_pct"] is not None:
-            metrics["e2e_device_busy_pct"] = self.guard["busy_pct"]
+        if self.guard is not None:
+            for key, name in (("busy_pct", "e2e_device_busy_pct"),
+                              ("busy_during_pct", "e2e_device_busy_during_pct"),
+                              ("stolen_during_pct", "e2e_cpu_stolen_during_pct")):
+                if self.guard[key] is not None:
+                    metrics[name] = self.guard[key]
         return metrics
 
 

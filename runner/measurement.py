@@ -252,10 +252,13 @@ class Verdict:
 
 
 def judge(measurements: dict[int, Measurement], settings: BenchmarkConfig,
-          busy_before_pct: float | None, busy_during_pct: float | None) -> Verdict:
+          busy_before_pct: float | None, busy_during_pct: float | None,
+          stolen_before_pct: float | None = None,
+          stolen_during_pct: float | None = None) -> Verdict:
     """The verdict on a benchmark (one measurement per device): stable windows, not capped, a
     spread across repeats within `max_cv` (with one repeat there is none to judge), and the
-    device not busy with other work beyond `busy_threshold` before or during timing."""
+    device not busy with other work beyond `busy_threshold` before or during timing (other
+    processes and, on a VM, the hypervisor's steal: the stolen part is named)."""
     reasons = []
     threshold_pct = 100.0 * settings.busy_threshold
     for device, measured in measurements.items():
@@ -271,8 +274,11 @@ def judge(measurements: dict[int, Measurement], settings: BenchmarkConfig,
         if cv is not None and not cv <= settings.max_cv:
             reasons.append(f"{where}spread across repeats: throughput_cv {cv:.1%} > "
                            f"benchmark.max_cv {settings.max_cv:.0%}")
-    for when, busy in (("before", busy_before_pct), ("during", busy_during_pct)):
+    for when, busy, stolen in (("before", busy_before_pct, stolen_before_pct),
+                               ("during", busy_during_pct, stolen_during_pct)):
         if busy is not None and busy > threshold_pct:
             reasons.append(f"device busy with other work {when} timing: {busy:.0f}% > "
-                           f"benchmark.busy_threshold {threshold_pct:.0f}%")
+                           f"benchmark.busy_threshold {threshold_pct:.0f}%"
+                           + (f" ({stolen:.0f}% stolen by the hypervisor)"
+                              if stolen is not None and stolen >= 1 else ""))
     return Verdict(reasons)

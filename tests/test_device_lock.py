@@ -11,6 +11,7 @@ import textwrap
 import threading
 from pathlib import Path
 
+import psutil
 import pytest
 
 from runner import device_lock
@@ -225,3 +226,27 @@ def test_cpu_load_of_another_process_is_seen() -> None:
     finally:
         spinner.kill()
         spinner.wait()
+
+
+def cpu_times(**seconds: float) -> object:
+    """A psutil.cpu_times() sample of this platform's kind with the given fields (others 0)."""
+    kind = type(psutil.cpu_times())
+    return kind(**{name: seconds.get(name, 0.0) for name in kind._fields})
+
+
+def test_steal_time_is_split_from_other_processes() -> None:
+    # 100 s of all cores' time: 50 s user (20 s of them ours), 30 s idle, 20 s stolen
+    before = cpu_times(user=100.0, idle=100.0, steal=10.0)
+    after = cpu_times(user=150.0, idle=130.0, steal=30.0)
+    use = device_lock.CpuUse.between(before, after, own_s=20.0)
+    assert (use.others_pct, use.stolen_pct, use.busy_pct) == (30.0, 20.0, 50.0)
+    # the guard's warning names the hypervisor's part
+    record = device_lock.GuardRecord([], device_lock.BusyCheck(threshold_pct=25.0), use)
+    assert record.busy_during_warning == (
+        "cpu: 50% busy with other work during timing (threshold 25%); 20% stolen by the "
+        "hypervisor: figures may be low")
+    assert record.report()["stolen_during_pct"] == 20.0
+    # no steal, no clause
+    quiet = device_lock.CpuUse.between(before, cpu_times(user=150.0, idle=150.0, steal=10.0),
+                                       own_s=20.0)
+    assert quiet.stolen_pct == 0.0 and quiet.others_pct == 30.0

@@ -234,3 +234,13 @@ def test_the_verdict_is_valid_only_when_every_rule_holds() -> None:
                            "min_iters and min_duration_s were reached"]
     # one repeat: no spread to judge; no reading: no busy rule broken
     assert judge({0: _measurement(fps=(100.0,))}, rules, None, None).valid
+
+
+def test_time_the_hypervisor_stole_counts_as_busy_and_is_named() -> None:
+    rules = BenchmarkConfig(busy_threshold=0.25)
+    stolen = judge({0: _measurement()}, rules, 5.0, 40.0, stolen_before_pct=0.0,
+                   stolen_during_pct=32.0)
+    assert stolen.reasons == ["device busy with other work during timing: 40% > "
+                              "benchmark.busy_threshold 25% (32% stolen by the hypervisor)"]
+    # below the threshold, steal is no reason
+    assert judge({0: _measurement()}, rules, 5.0, 20.0, 0.0, 15.0).valid

@@ -82,11 +82,14 @@ def run(settings: Settings, inputs: dict[str, Path], out_dir: Path) -> StageOutp
         metrics["benchmark_device_busy_pct"] = guard.busy.busy_pct
     if guard.busy_during_pct is not None:
         metrics["benchmark_device_busy_during_pct"] = guard.busy_during_pct
+    if guard.stolen_during_pct is not None:  # the hypervisor's part of busy_during (VM steal)
+        metrics["benchmark_cpu_stolen_during_pct"] = guard.stolen_during_pct
     if len(results) == 1:  # the spread of the repeats, for error bars
         repeats = [run.throughput_fps for run in results[0].measurement.runs]
         metrics["throughput_fps_min"], metrics["throughput_fps_max"] = min(repeats), max(repeats)
     verdict = judge({r.device: r.measurement for r in results}, settings.method,
-                    guard.busy.busy_pct, guard.busy_during_pct)
+                    guard.busy.busy_pct, guard.busy_during_pct, guard.stolen_before_pct,
+                    guard.stolen_during_pct)
     metrics["benchmark_valid"] = float(verdict.valid)
     method = method_description(settings.method, TIMED_SPAN)
     if len(results) > 1:
