@@ -451,7 +451,7 @@ class E2EConfig:
 
     images: int | None = None  # the first N images; None: the whole dataset
     # batches read and normalized ahead by the loader thread; 0: serial; null: serial where
-    # inference already fills this host's cores (runner.inference.pipelined_prefetch), else 2
+    # inference already fills this host's cores (runner.inference.default_prefetch), else 2
     prefetch: int | None = None
 
     def __post_init__(self) -> None:

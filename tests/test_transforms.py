@@ -83,3 +83,28 @@ def test_normalize_matches_torch_ops_on_random_pixels() -> None:
     expected = transforms.Normalize(ALEXNET.mean, ALEXNET.std)(
         torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255))
     np.testing.assert_array_equal(normalize(pixels, ALEXNET), expected.numpy())
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("channel_order", ["RGB", "BGR"])
+@pytest.mark.parametrize("divide_by_255", [True, False])
+def test_normalize_in_every_layout_and_channel_order_matches_torch_ops(
+        layout: str, channel_order: str, divide_by_255: bool) -> None:
+    """The lookup (cv2.LUT on planes, or on interleaved pixels for NHWC) is the arithmetic: a
+    batch of all 256 values per channel, odd sizes, against torch's float32 ops."""
+    mean = (0.485, 0.456, 0.406) if divide_by_255 else (123.68, 116.78, 103.94)
+    std = (0.229, 0.224, 0.225) if divide_by_255 else (1.0, 1.0, 1.0)
+    recipe = PreprocessRecipe(mean=mean, std=std, divide_by_255=divide_by_255,
+                              channel_order=channel_order, layout=layout)
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, size=(3, 16, 19, 3), dtype=np.uint8)
+    pixels[0].reshape(-1, 3)[:256] = np.arange(256, dtype=np.uint8)[:, None]  # every value
+    tensor = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
+    if channel_order == "BGR":
+        tensor = tensor.flip(1)
+    expected = transforms.Normalize(mean, std)(tensor.div(255) if divide_by_255 else tensor)
+    if layout == "NHWC":
+        expected = expected.permute(0, 2, 3, 1)
+    fed = normalize(pixels, recipe)
+    assert fed.dtype == np.float32 and fed.flags.c_contiguous
+    np.testing.assert_array_equal(fed, expected.contiguous().numpy())
