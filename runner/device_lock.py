@@ -104,16 +104,17 @@ def cpu_use(sample_s: float = CPU_SAMPLE_S) -> CpuUse:
     return CpuUse.between(before, after, mine)
 
 
-def cpu_busy_pct(sample_s: float = CPU_SAMPLE_S) -> float:
-    """Percent of all cores used by other work over `sample_s`: other processes and the
-    hypervisor (this process excluded)."""
-    return cpu_use(sample_s).busy_pct
+def stolen_words(stolen_pct: float | None) -> str:
+    """"N% stolen by the hypervisor", or "" when under 1% (or not read): one wording for the
+    warnings, the guard's readings and the verdict's reasons."""
+    if stolen_pct is None or stolen_pct < 1:
+        return ""
+    return f"{stolen_pct:.0f}% stolen by the hypervisor"
 
 
 def cpu_reading() -> BusyReading:
     use = cpu_use()
-    detail = f"{use.stolen_pct:.0f}% stolen by the hypervisor" if use.stolen_pct >= 1 else ""
-    return BusyReading("cpu", use.busy_pct, detail, use.stolen_pct)
+    return BusyReading("cpu", use.busy_pct, stolen_words(use.stolen_pct), use.stolen_pct)
 
 
 def _run_tool(command: list[str]) -> str | None:
@@ -215,10 +216,9 @@ class GuardRecord:
     def busy_during_warning(self) -> str | None:
         if self.busy_during is None or self.busy_during.busy_pct <= self.busy.threshold_pct:
             return None
-        stolen = self.busy_during.stolen_pct
+        stolen = stolen_words(self.busy_during.stolen_pct)
         return (f"cpu: {self.busy_during.busy_pct:.0f}% busy with other work during timing "
-                f"(threshold {self.busy.threshold_pct:.0f}%)"
-                f"{f'; {stolen:.0f}% stolen by the hypervisor' if stolen >= 1 else ''}: "
+                f"(threshold {self.busy.threshold_pct:.0f}%){f'; {stolen}' if stolen else ''}: "
                 "figures may be low")
 
     def report(self) -> dict[str, Any]:

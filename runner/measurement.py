@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from runner.config import BenchmarkConfig
+from runner.device_lock import stolen_words
 
 Clock = Callable[[], int]  # nanoseconds
 
@@ -274,11 +275,11 @@ def judge(measurements: dict[int, Measurement], settings: BenchmarkConfig,
         if cv is not None and not cv <= settings.max_cv:
             reasons.append(f"{where}spread across repeats: throughput_cv {cv:.1%} > "
                            f"benchmark.max_cv {settings.max_cv:.0%}")
-    for when, busy, stolen in (("before", busy_before_pct, stolen_before_pct),
-                               ("during", busy_during_pct, stolen_during_pct)):
+    for when, busy, stolen_pct in (("before", busy_before_pct, stolen_before_pct),
+                                   ("during", busy_during_pct, stolen_during_pct)):
         if busy is not None and busy > threshold_pct:
+            stolen = stolen_words(stolen_pct)
             reasons.append(f"device busy with other work {when} timing: {busy:.0f}% > "
                            f"benchmark.busy_threshold {threshold_pct:.0f}%"
-                           + (f" ({stolen:.0f}% stolen by the hypervisor)"
-                              if stolen is not None and stolen >= 1 else ""))
+                           f"{f' ({stolen})' if stolen else ''}")
     return Verdict(reasons)

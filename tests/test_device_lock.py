@@ -222,7 +222,7 @@ def test_cpu_load_of_another_process_is_seen() -> None:
         assert spinner.stdout is not None and spinner.stdout.readline() == "\n"
         # one spinning process keeps at least one core in use: on n cores >= 100/n percent
         # (less a margin for the sampling), whatever else the machine runs
-        assert device_lock.cpu_busy_pct(1.0) >= 0.8 * 100 / os.cpu_count()
+        assert device_lock.cpu_use(1.0).busy_pct >= 0.8 * 100 / os.cpu_count()
     finally:
         spinner.kill()
         spinner.wait()
