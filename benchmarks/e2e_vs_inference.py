@@ -5,7 +5,10 @@ All figures come from the runner's own stages, side by side, in alternating orde
 stage over N preprocessed synthetic images with `e2e.prefetch=0` (each batch read and normalized
 in the main thread, no overlap: the serial pass), the same stage with `e2e.prefetch=2` (read +
 normalize in a loader thread, overlapping inference: the pipelined pass), and the benchmark
-stage at the same bs (`throughput_fps`, ais_bench's 1000 * bs / mean compute ms). The verdict
+stage at the same bs (`throughput_fps`, ais_bench's 1000 * bs / mean compute ms), timed for as
+long as the e2e passes before it took (unless --min-duration is given): both sides then average
+the VM's speed over windows of the same length, where a 3-second benchmark pass caught one
+moment of it (two InceptionV4 benchmark passes minutes apart differed by 18%). The verdict
 judges the pass the e2e stage runs when `e2e.prefetch` is unset on this host (serial where
 inference fills the host's CPU cores, pipelined where an accelerator runs it:
 runner.inference.default_prefetch); the other pass is printed beside it. The load average is
@@ -32,9 +35,24 @@ from pathlib import Path
 
 from benchmarks import common
 from runner import inference
+from runner.config import RunConfig
 from runner.stages import benchmark, e2e
 
 TARGET = 0.95
+
+
+def timed_for(cfg: RunConfig, seconds: float | None, e2e_walls: list[float]
+              ) -> benchmark.Settings:
+    """The benchmark stage's settings timing >= `seconds`, or as long as the e2e passes so far
+    took (3 s before any), with room under the duration cap so that the pass is not capped, and
+    one trial: like an e2e pass, one window whatever its stability (it is still reported)."""
+    settings = benchmark.Settings.from_config(cfg)
+    if seconds is None:
+        seconds = common.mean(e2e_walls) if e2e_walls else settings.method.min_duration_s
+    method = dataclasses.replace(settings.method, min_duration_s=seconds,
+                                 max_duration_s=max(settings.method.max_duration_s, 2 * seconds),
+                                 max_trials=1)
+    return dataclasses.replace(settings, method=method)
 
 
 def main() -> None:
@@ -44,7 +62,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000, help="synthetic images per pass")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--min-iters", type=int, default=20)
-    parser.add_argument("--min-duration", type=float, default=3.0)
+    parser.add_argument("--min-duration", type=float, default=None,
+                        help="seconds the benchmark pass times at least (default: as long as "
+                             "the e2e passes before it took)")
     args = parser.parse_args()
     models = common.available(args.models)
     common.header("e2e_fps (e2e stage, from the preprocessed cache) / pure-inference "
@@ -53,7 +73,9 @@ def main() -> None:
         f"{inference.WARMUP_CALLS} warm-up calls; serial: prefetch 0, pipelined: prefetch "
         f"{inference.DEFAULT_PREFETCH} batches",
         f"benchmark: >= 10 calls and 0.5 s warm-up, >= {args.min_iters} calls and >= "
-        f"{args.min_duration} s timed, 1 repeat",
+        + (f"{args.min_duration} s" if args.min_duration is not None
+           else "the mean wall time of the e2e passes so far")
+        + " timed, 1 repeat",
         "timer time.perf_counter_ns; see e2e.json / benchmark.json 'method' for each span",
     ])
     breakdowns = []
@@ -66,7 +88,7 @@ def main() -> None:
                 *common.base_overrides(model, bs, args),
                 f"dataset.synthetic.num_images={args.images}", "benchmark.warmup_iters=10",
                 "benchmark.warmup_min_s=0.5", f"benchmark.min_iters={args.min_iters}",
-                f"benchmark.min_duration_s={args.min_duration}", "benchmark.repeats=1")
+                "benchmark.repeats=1")
             paths = common.make(cfg, ["export", "convert", "preprocess"])
             settings = e2e.Settings.from_config(cfg)  # e2e.prefetch unset: this host's default
             passes = {"serial": dataclasses.replace(settings, prefetch=0),
@@ -76,6 +98,7 @@ def main() -> None:
             fps: dict[str, list[float]] = {"serial": [], "pipelined": [], "infer": []}
             stolen: dict[str, list[float]] = {side: [] for side in fps}
             in_pass: list[float] = []
+            e2e_walls: list[float] = []
             last_pipelined: dict[str, float] = {}
             for round_index in range(args.rounds):
                 sides = ["pipelined", "serial", "infer"]
@@ -83,14 +106,15 @@ def main() -> None:
                     with tempfile.TemporaryDirectory() as scratch:
                         out = Path(scratch)
                         if side == "infer":
-                            measured = benchmark.run(benchmark.Settings.from_config(cfg), paths,
-                                                     out)
+                            measured = benchmark.run(timed_for(cfg, args.min_duration, e2e_walls),
+                                                     paths, out)
                             fps["infer"].append(measured.metrics["throughput_fps"])
                             stolen["infer"].append(
                                 measured.metrics.get("benchmark_cpu_stolen_during_pct", 0.0))
                             continue
                         metrics = e2e.run(passes[side], paths, out).metrics
                         fps[side].append(metrics["e2e_fps"])
+                        e2e_walls.append(metrics["e2e_wall_s"])
                         stolen[side].append(metrics.get("e2e_cpu_stolen_during_pct", 0.0))
                         if side == "pipelined":
                             last_pipelined = metrics

@@ -12,8 +12,12 @@ For each model (its recipe from conf/model/<name>.yaml), in one process, alterna
   runner     `runner.stages.preprocess.run` with its default workers (one per core), writing the
              uint8 chunk cache, with the model's library (PIL, or OpenCV for resnet50_mlperf)
 Timer: time.perf_counter around a whole pass over the images (process start-up and file writes
-included), after reading every file once to warm the page cache and `os.sync()` so that no pass
-waits on the writes of the one before. Prints images/s of each with the 1-minute load average
+included), after reading every file once to warm the page cache, `os.sync()` so that no pass
+waits on the writes of the one before, and an untimed warm-up pass of the same contender over the
+first WARM_UP images, as timm's benchmark.py warms up before it times: on this VM a runner pass
+that started on cores left idle ran 18% slower on average than one started right after busy work
+(4 passes each, interleaved), and the reference's single process leaves one core idle for the
+runner's pass that follows it. Prints images/s of each with the 1-minute load average
 read right after each pass (other processes share these cores, so on a busy host the figures are
 provisional) and the share of all cores' time the hypervisor took during each pass (steal: on a
 VM the host's other guests slow a pass by about that much), the median of the per-round ratios,
@@ -50,6 +54,7 @@ from runner.data.transforms import normalize
 from runner.stages import preprocess
 
 SAMPLE = PROJECT_ROOT.parent / "shared" / "data" / "imagenet-sample"
+WARM_UP = 100  # images in the untimed pass before each timed one
 FILTERS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 
 
@@ -136,14 +141,19 @@ def bench(model: str, images: list[Path], copies: int, rounds: int, work: Path) 
     for path in paths:  # warm the page cache for both contenders
         path.read_bytes()
 
+    warm_root = work / model / "warm-up"
+    warm_paths = make_dataset(images[:WARM_UP], 1, warm_root)
+    warm_cfg = runner_config(model, warm_root, work / model / "cache")
     ref_dir, our_dir = work / model / "bins", work / model / "chunks"
+    warm_ref, warm_our = work / model / "warm-bins", work / model / "warm-chunks"
     ref_s, our_s, ref_cpu, our_cpu, ref_load, our_load = [], [], [], [], [], []
     ref_stolen: list[float] = []
     our_stolen: list[float] = []
     for _ in range(rounds):
-        for out in (ref_dir, our_dir):
+        for out in (ref_dir, our_dir, warm_ref, warm_our):
             shutil.rmtree(out, ignore_errors=True)
         os.sync()  # neither pass waits on the other's file writes
+        reference_pass(warm_paths, script_recipe, warm_ref)
         cpu, mark, started = cpu_seconds(), common.cpu_mark(), time.perf_counter()
         reference_pass(paths, script_recipe, ref_dir)
         ref_s.append(time.perf_counter() - started)
@@ -151,7 +161,9 @@ def bench(model: str, images: list[Path], copies: int, rounds: int, work: Path) 
         ref_load.append(os.getloadavg()[0])
         ref_stolen.append(common.stolen_since(mark))
         our_dir.mkdir()
+        warm_our.mkdir()
         os.sync()
+        preprocess.run(preprocess.Settings.from_config(warm_cfg), {}, warm_our)
         cpu, mark, started = cpu_seconds(), common.cpu_mark(), time.perf_counter()
         output = preprocess.run(preprocess.Settings.from_config(cfg), {}, our_dir)
         our_s.append(time.perf_counter() - started)
