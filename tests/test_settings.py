@@ -5,6 +5,8 @@ every stage against a table of overrides; computing the settings has no side eff
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +148,30 @@ def test_an_ascend_om_is_made_per_batch_size_unless_dynamic(results_folder: Path
     assert convert_key("chip.threads=1") == convert_key()
     dynamic = "chip.dynamic_batch_sizes=[4,8]"
     assert convert_key(dynamic, "bs=8") == convert_key(dynamic)
+
+
+def test_a_real_dataset_is_keyed_by_each_image_size_and_mtime_and_the_label_file(
+        results_folder: Path, tmp_path: Path, generated_images: Path) -> None:
+    root = tmp_path / "dataset"
+    shutil.copytree(generated_images, root)
+    dataset = ("dataset=imagenet", f"dataset.root={root}")
+
+    def preprocess_key() -> str:
+        return keys(results_folder, tmp_path / "cache", *dataset)["preprocess"]
+
+    first = preprocess_key()
+    assert preprocess_key() == first  # listing twice changes nothing
+    image = sorted((root / "val").iterdir())[3]
+    status = image.stat()
+    os.utime(image, ns=(status.st_atime_ns, status.st_mtime_ns + 1_000_000_000))
+    touched = preprocess_key()
+    assert touched != first  # same bytes, newer: a replaced file can keep its size
+    image.write_bytes(image.read_bytes() + b"\0")  # a JPEG with trailing bytes: other content
+    os.utime(image, ns=(status.st_atime_ns, status.st_mtime_ns + 1_000_000_000))
+    resized = preprocess_key()
+    assert resized not in (first, touched)  # the mtime as touched, another size
+    labels = root / "val_label.txt"
+    lines = labels.read_text().splitlines()
+    name, label = lines[0].split()
+    labels.write_text("\n".join([f"{name} {(int(label) + 1) % 1000}", *lines[1:]]) + "\n")
+    assert preprocess_key() != resized

@@ -223,8 +223,13 @@ def fingerprint(cfg: DatasetConfig, samples: list[Sample]) -> str:
 
 
 def _fingerprint(label_file: Path, samples: list[Sample]) -> str:
-    stats = [(s.name, s.label, s.path.stat().st_size, s.path.stat().st_mtime_ns) for s in samples]
+    stats = [(s.name, s.label, *_size_and_mtime(s.path)) for s in samples]
     return digest_json({"labels": digest_file(label_file), "images": stats})
+
+
+def _size_and_mtime(path: Path) -> tuple[int, int]:
+    status = path.stat()  # once: each stat of 50,000 images on network storage is a round trip
+    return status.st_size, status.st_mtime_ns
 
 
 @dataclass(frozen=True)
