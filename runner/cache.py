@@ -150,8 +150,10 @@ def seal(path: Path, sha256: str | None = None) -> None:
     _write_sidecar(path, path.stat().st_size, sha256 or digest_file(path))
 
 
-def finish_file(tmp: Path, target: Path) -> None:
-    """Make `tmp` (filled in place, e.g. through a memory map) the finished file `target`.
+def finish_file(tmp: Path, target: Path, sha256: str | None = None) -> None:
+    """Make `tmp` (filled in place, e.g. by workers' writes) the finished file `target`, sealed
+    with `sha256`, the hash of its content that a caller computed as it was written, or, when
+    None, with a hash of the file read back.
 
     The sidecar is written before the rename, so a file that can be seen is sealed: an interrupt
     at any point leaves the file finished and kept, or absent (with at most a sidecar of nothing,
@@ -160,7 +162,8 @@ def finish_file(tmp: Path, target: Path) -> None:
     """
     with open(tmp, "rb+") as stream:
         os.fsync(stream.fileno())
-    _place_sealed(target, tmp.stat().st_size, digest_file(tmp), lambda: os.replace(tmp, target))
+    _place_sealed(target, tmp.stat().st_size, sha256 or digest_file(tmp),
+                  lambda: os.replace(tmp, target))
 
 
 def _place_sealed(target: Path, size: int, sha256: str, place: Callable[[], None]) -> None:

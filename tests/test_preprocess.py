@@ -3,6 +3,7 @@ resume from finished chunks, and keep 1/4 of the guides' float32 bytes per image
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from runner import artifacts
 from runner.artifacts import PreprocessedDataset, chunk_file
+from runner.cache import digest_file
 from runner.data.transforms import load_cropped
 from runner.stages import preprocess
 from tests.conftest import run_config
@@ -36,6 +38,11 @@ def test_parallel_chunks_equal_single_process_crops(generated_images: Path,
     expected = np.stack([load_cropped(p, cfg.model.preprocess) for p in paths])
     np.testing.assert_array_equal(data.pixels(0, 20), expected)
     assert output.info == {"resumed_chunks": 0, "computed_chunks": 3, "workers": 2}
+    # each seal, hashed piece by piece as the workers finished, is the hash of the whole file
+    for index in range(3):
+        seal = json.loads((tmp_path / f".{chunk_file(index)}.sum").read_text())
+        chunk = tmp_path / chunk_file(index)
+        assert seal == {"size": chunk.stat().st_size, "sha256": digest_file(chunk)}
 
 
 def test_a_cached_image_is_a_quarter_of_the_guides_float32_file(generated_images: Path,
