@@ -7,11 +7,11 @@ files, and lossless); `infer` normalizes each batch as it feeds it.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 from tqdm import tqdm
@@ -84,18 +84,26 @@ def _write_all(descriptor: int, data: memoryview, offset: int) -> None:
         data, offset = data[written:], offset + written
 
 
-HASH_BLOCK = 1 << 20  # bytes read at a time to hash a chunk: small enough to stay in cache
+def _hash_as_filled(filling: Path, data_offset: int, row_bytes: int,
+                    pieces: list[Future[int]], progress: tqdm) -> str:
+    """Wait for a chunk's pieces, in file order, hashing each as it is written; the sha256.
 
-
-def _hash_up_to(stream: BinaryIO, sha256: hashlib._Hash, end: int) -> None:
-    """Feed `sha256` the file's bytes from the stream's position up to byte `end`."""
-    block = bytearray(min(HASH_BLOCK, end - stream.tell()))
-    view = memoryview(block)
-    while (left := end - stream.tell()) > 0:
-        read = stream.readinto(view[: min(left, len(block))])
-        if not read:
-            raise OSError(f"{stream.name} ends at byte {stream.tell()}, before byte {end}")
-        sha256.update(view[:read])
+    Only the last piece is then left to hash when the chunk is done, not the whole file, which
+    the idle cores would wait for at the end of the run. The file is mapped: its pages are
+    hashed where they lie in the page cache, without a copy.
+    """
+    sha256, rows, hashed = hashlib.sha256(), 0, 0
+    with open(filling, "rb") as stream, \
+            mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as mapped, \
+            memoryview(mapped) as content:
+        for piece in pieces:
+            written = piece.result()
+            rows += written
+            end = data_offset + rows * row_bytes  # the .npy header, then the rows so far
+            sha256.update(content[hashed:end])
+            hashed = end
+            progress.update(written)
+    return sha256.hexdigest()
 
 
 def _fill_chunks(chunks: dict[int, list[dataset.Sample]], recipe: Cropping,
@@ -131,19 +139,10 @@ def _fill_chunks(chunks: dict[int, list[dataset.Sample]], recipe: Cropping,
         in_flight = [start(pool, pending.pop(0)) for _ in range(CHUNKS_IN_FLIGHT) if pending]
         while in_flight:
             index, filling, data_offset, futures = in_flight.pop(0)
-            # the chunk's seal is hashed piece by piece as the workers finish, in file order:
-            # its last piece is then all that is left to hash when the chunk is done, not the
-            # whole file, which the idle cores would wait for at the end of the run
-            sha256, rows = hashlib.sha256(), 0
-            with open(filling, "rb") as stream:
-                for future in futures:
-                    written = future.result()
-                    rows += written
-                    _hash_up_to(stream, sha256, data_offset + rows * row_bytes)
-                    progress.update(written)
+            sha256 = _hash_as_filled(filling, data_offset, row_bytes, futures, progress)
             if pending:
                 in_flight.append(start(pool, pending.pop(0)))
-            finish_file(filling, out_dir / chunk_file(index), sha256.hexdigest())
+            finish_file(filling, out_dir / chunk_file(index), sha256)
     finally:
         # on an error (a broken image, Ctrl-C) drop the queued tasks instead of finishing them,
         # and the chunks they were filling: only whole chunk files stay for the next run
