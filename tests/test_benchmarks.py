@@ -62,4 +62,5 @@ def test_preprocess_speed() -> None:
     out = run_script("preprocess_speed", "--models", "resnet50_mlperf", "alexnet", "--limit",
                      "8", "--copies", "1", "--rounds", "1")
     assert "speed ratio runner/reference" in out and "stolen" in out
+    assert "(target >= 5.0)" in out and "(target >= 1.8)" in out  # OpenCV's and PIL's
     assert "fed tensors vs .bin max abs diff 0" in out  # alexnet's PIL recipe: exact
