@@ -62,7 +62,6 @@ def _fill(job: tuple[str, int, int, list[str], Cropping]) -> int:
     """
     target, data_offset, first_row, paths, recipe = job
     shape = (recipe.crop, recipe.crop, 3)
-    row_bytes = recipe.crop * recipe.crop * 3
     descriptor = os.open(target, os.O_WRONLY)
     try:
         for row, path in enumerate(paths, start=first_row):
@@ -71,7 +70,7 @@ def _fill(job: tuple[str, int, int, list[str], Cropping]) -> int:
             if pixels.shape != shape or pixels.dtype != np.uint8:
                 raise RuntimeError(f"{path}: load_cropped gave {pixels.dtype} {pixels.shape}, "
                                    f"not uint8 {shape} (a bug in runner.data.transforms)")
-            _write_all(descriptor, pixels.data, data_offset + row * row_bytes)
+            _write_all(descriptor, pixels.data, data_offset + row * pixels.nbytes)
     finally:
         os.close(descriptor)
     return len(paths)
