@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -64,14 +65,13 @@ def run_size(images: int, args: argparse.Namespace, work: Path) -> dict[str, flo
     assert cfg.dataset.root is not None and cfg.dataset.synthetic is not None
     synthetic.generate(Path(cfg.dataset.root), cfg.dataset.images, cfg.dataset.labels,
                        cfg.dataset.synthetic)
-    # ... and written out: 50,000 new JPEGs (2.4 GB) are still dirty in the page cache when
-    # generate() returns, and flushing them during the run took CPU and disk from preprocess
-    # (583 images/s against 704-836 flushed first, on the same images: README)
+    # ... and written out, so that no writeback of theirs is timed either
     flush_started = time.perf_counter()
     os.sync()
     flush_s = time.perf_counter() - flush_started
     peak = 0
     mark, started = common.cpu_mark(), time.perf_counter()
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     watched = psutil.Process(process.pid)
@@ -89,6 +89,12 @@ def run_size(images: int, args: argparse.Namespace, work: Path) -> dict[str, flo
     done.set()
     watcher.join()
     wall, stolen = time.perf_counter() - started, common.stolen_since(mark)
+    # the command's CPU seconds (its decode workers' included, as it waits for them), split into
+    # user and kernel: on a VM whose host backs guest memory lazily, filling the page cache with
+    # gigabytes of fresh pages costs kernel time that grows faster than N (README)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    user_s = children.ru_utime - children_before.ru_utime
+    kernel_s = children.ru_stime - children_before.ru_stime
     if process.returncode != 0:
         raise SystemExit(f"runner failed ({process.returncode}): {stderr[-2000:]}")
     from mlflow.tracking import MlflowClient
@@ -96,7 +102,7 @@ def run_size(images: int, args: argparse.Namespace, work: Path) -> dict[str, flo
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
     (run,) = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
     row = {"wall_s": wall, "peak_rss_mb": peak / 2**20, "load": os.getloadavg()[0],
-           "stolen_pct": stolen, "flush_s": flush_s}
+           "stolen_pct": stolen, "flush_s": flush_s, "user_s": user_s, "kernel_s": kernel_s}
     for stage in STAGES:
         row[f"{stage}_s"] = run.data.metrics.get(f"time_{stage}_s", float("nan"))
         row[f"{stage}_mb"] = (folder_bytes(cache / stage) / 2**20
@@ -130,7 +136,8 @@ def main() -> None:
             row = rows[-1]
             print(f"N={size}: wall {row['wall_s']:.0f} s, peak PSS {row['peak_rss_mb']:.0f} MB, "
                   f"load {row['load']:.2f}, CPU stolen by the hypervisor {row['stolen_pct']:.0f}% "
-                  f"(generated images flushed to disk before, in {row['flush_s']:.1f} s)",
+                  f"(generated images flushed to disk before, in {row['flush_s']:.1f} s); CPU "
+                  f"user {row['user_s']:.0f} s, kernel {row['kernel_s']:.0f} s",
                   flush=True)
     small, large = rows
     ratio_images = args.sizes[1] / args.sizes[0]
@@ -144,6 +151,9 @@ def main() -> None:
     rss_ratio = large["peak_rss_mb"] / small["peak_rss_mb"]
     print(f"peak PSS {small['peak_rss_mb']:.0f} -> {large['peak_rss_mb']:.0f} MB: ratio "
           f"{rss_ratio:.3f}, {common.verdict(rss_ratio, 1.10, higher_is_better=False)}")
+    for kind in ("user", "kernel"):
+        print(f"CPU {kind} {small[f'{kind}_s']:.0f} -> {large[f'{kind}_s']:.0f} s: ratio "
+              f"{large[f'{kind}_s'] / max(small[f'{kind}_s'], 1e-9):.2f}")
     print(f"wall {small['wall_s']:.0f} -> {large['wall_s']:.0f} s: ratio "
           f"{large['wall_s'] / small['wall_s']:.2f} for {ratio_images:.0f}x the images "
           f"(linear: {ratio_images:.0f}); load {small['load']:.2f} / {large['load']:.2f}")

@@ -7,6 +7,7 @@ class from a module it had left).
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,10 @@ def test_full_size(tmp_path: Path) -> None:
     assert "N=4: wall" in out and "N=8: wall" in out and "CPU stolen by the hypervisor" in out
     assert any(line.startswith("preprocess") for line in out.splitlines())
     assert "peak PSS" in out
+    # the commands' own CPU (python and the runner's imports alone take seconds), kernel split out
+    user = re.search(r"^CPU user (\d+) -> (\d+) s", out, re.MULTILINE)
+    assert user and int(user[1]) > 0 and int(user[2]) > 0, out
+    assert re.search(r"^CPU kernel \d+ -> \d+ s", out, re.MULTILINE), out
 
 
 @needs_sample
