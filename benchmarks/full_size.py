@@ -65,10 +65,17 @@ def run_size(images: int, args: argparse.Namespace, work: Path) -> dict[str, flo
     assert cfg.dataset.root is not None and cfg.dataset.synthetic is not None
     synthetic.generate(Path(cfg.dataset.root), cfg.dataset.images, cfg.dataset.labels,
                        cfg.dataset.synthetic)
-    # ... and written out, so that no writeback of theirs is timed either
+    # ... written out, so that no writeback of theirs is timed, and read once just before the
+    # command, as preprocess_speed does, so that both sizes start from images in the page cache:
+    # this VM evicts idle file pages within minutes with memory to spare (README), and 50,000
+    # images take minutes to generate, so their first ones were read back from the disk
     flush_started = time.perf_counter()
     os.sync()
     flush_s = time.perf_counter() - flush_started
+    warm_started = time.perf_counter()
+    image_bytes = sum(len(path.read_bytes())
+                      for path in (Path(cfg.dataset.root) / cfg.dataset.images).iterdir())
+    warm_s = time.perf_counter() - warm_started
     peak = 0
     mark, started = common.cpu_mark(), time.perf_counter()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -89,9 +96,8 @@ def run_size(images: int, args: argparse.Namespace, work: Path) -> dict[str, flo
     done.set()
     watcher.join()
     wall, stolen = time.perf_counter() - started, common.stolen_since(mark)
-    # the command's CPU seconds (its decode workers' included, as it waits for them), split into
-    # user and kernel: on a VM whose host backs guest memory lazily, filling the page cache with
-    # gigabytes of fresh pages costs kernel time that grows faster than N (README)
+    # the command's CPU seconds (its decode workers' included, as it waits for them), user and
+    # kernel: where wall time grows faster than N and these do not, the time went to waiting
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     user_s = children.ru_utime - children_before.ru_utime
     kernel_s = children.ru_stime - children_before.ru_stime
@@ -102,7 +108,8 @@ def run_size(images: int, args: argparse.Namespace, work: Path) -> dict[str, flo
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
     (run,) = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
     row = {"wall_s": wall, "peak_rss_mb": peak / 2**20, "load": os.getloadavg()[0],
-           "stolen_pct": stolen, "flush_s": flush_s, "user_s": user_s, "kernel_s": kernel_s}
+           "stolen_pct": stolen, "flush_s": flush_s, "warm_s": warm_s,
+           "image_mb": image_bytes / 2**20, "user_s": user_s, "kernel_s": kernel_s}
     for stage in STAGES:
         row[f"{stage}_s"] = run.data.metrics.get(f"time_{stage}_s", float("nan"))
         row[f"{stage}_mb"] = (folder_bytes(cache / stage) / 2**20
@@ -123,7 +130,7 @@ def main() -> None:
     common.header(f"stage=accuracy at {args.sizes[0]} and {args.sizes[1]} generated images", [
         f"model {args.model} (random weights), bs {args.bs}, chip cpu, parity.sample "
         f"{args.parity_sample or 'all'}; one CLI command per size, fresh cache "
-        "(images generated and flushed to disk before, not timed)",
+        "(images generated, flushed to disk and read once before, not timed)",
         "peak memory: the process tree's summed PSS (file-backed pages included), every 0.2 s; "
         "stage seconds: the run's time_<stage>_s",
     ])
@@ -136,7 +143,8 @@ def main() -> None:
             row = rows[-1]
             print(f"N={size}: wall {row['wall_s']:.0f} s, peak PSS {row['peak_rss_mb']:.0f} MB, "
                   f"load {row['load']:.2f}, CPU stolen by the hypervisor {row['stolen_pct']:.0f}% "
-                  f"(generated images flushed to disk before, in {row['flush_s']:.1f} s); CPU "
+                  f"(before it: images flushed in {row['flush_s']:.1f} s, their "
+                  f"{row['image_mb']:.0f} MB read in {row['warm_s']:.1f} s); CPU "
                   f"user {row['user_s']:.0f} s, kernel {row['kernel_s']:.0f} s",
                   flush=True)
     small, large = rows

@@ -54,6 +54,7 @@ def test_full_size(tmp_path: Path) -> None:
     out = run_script("full_size", "--sizes", "4", "8", "--model", "alexnet", "--bs", "4",
                      "--work", str(tmp_path))
     assert "N=4: wall" in out and "N=8: wall" in out and "CPU stolen by the hypervisor" in out
+    assert len(re.findall(r"their \d+ MB read in [\d.]+ s", out)) == 2, out  # warmed, both
     assert any(line.startswith("preprocess") for line in out.splitlines())
     assert "peak PSS" in out
     # the commands' own CPU (python and the runner's imports alone take seconds), kernel split out
