@@ -69,4 +69,9 @@ def test_preprocess_speed() -> None:
                      "8", "--copies", "1", "--rounds", "1")
     assert "speed ratio runner/reference" in out and "stolen" in out
     assert "(target >= 5.0)" in out and "(target >= 1.8)" in out  # OpenCV's and PIL's
+    cpu = re.findall(r"reference ([\d.]+) \(kernel ([\d.]+)\), runner ([\d.]+) \(kernel "
+                     r"([\d.]+)\)", out)
+    # the kernel's share is part of the total (it may round to 0.00 over 8 images)
+    assert len(cpu) == 2 and all(float(total) >= float(kernel) and float(total) > 0
+                                 for row in cpu for total, kernel in (row[:2], row[2:])), out
     assert "fed tensors vs .bin max abs diff 0" in out  # alexnet's PIL recipe: exact
