@@ -1,11 +1,12 @@
 """Full-size runs: `stage=accuracy` over N generated images, at two sizes, side by side.
 
 Each size is one `python -m runner` command (the CLI as a user runs it) on its own synthetic
-dataset, in a fresh stage cache, watched from outside: the peak of the whole process tree's
-proportional resident memory (PSS of the CLI and its decode workers: file-backed pages count, so
-memory-mapped reads are in it; shared pages are not counted twice), sampled every 0.2 s; each
-stage's seconds from the run's MLflow metrics; the cache's bytes per stage. Printed with the
-ratio of the two sizes and the load average.
+dataset (generated, flushed to disk and read once just before, untimed), in a fresh stage cache,
+watched from outside: the peak of the whole process tree's proportional resident memory (PSS of
+the CLI and its decode workers: file-backed pages count, so memory-mapped reads are in it;
+shared pages are not counted twice), sampled every 0.2 s; each stage's seconds from the run's
+MLflow metrics; the command's user and kernel CPU seconds; the cache's bytes per stage. Printed
+with the ratio of the two sizes and the load average.
 
     python -m benchmarks.full_size --sizes 5000 50000 --model alexnet --bs 64 [--parity-sample N]
 
