@@ -4,8 +4,10 @@ through the runner's own cached stages, and printing figures next to their targe
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +97,26 @@ def machine_probe_ms(rounds: int = 5) -> float:
 def cpu_mark() -> Any:
     """A sample of all cores' times, to take `stolen_since` from."""
     return psutil.cpu_times()
+
+
+def cpu_seconds(*who: int) -> tuple[float, float]:
+    """(user, kernel) CPU seconds of `who`: resource.RUSAGE_SELF and/or RUSAGE_CHILDREN (the
+    children waited for: a stage's decode workers, a CLI command). Kernel apart: file reads and
+    writes are spent there, and on this VM they cost more in some hours than in others."""
+    usages = [resource.getrusage(whom) for whom in who]
+    return sum(u.ru_utime for u in usages), sum(u.ru_stime for u in usages)
+
+
+def cpu_since(mark: tuple[float, float], *who: int) -> tuple[float, float]:
+    """(user, kernel) CPU seconds of `who` since `mark`, a `cpu_seconds(*who)`."""
+    user, kernel = cpu_seconds(*who)
+    return user - mark[0], kernel - mark[1]
+
+
+def read_once(paths: Iterable[Path]) -> int:
+    """Read every file once, so that a pass timed next finds them in the page cache (this VM
+    evicts idle file pages within minutes, README); their bytes."""
+    return sum(len(path.read_bytes()) for path in paths)
 
 
 def stolen_since(mark: Any) -> float:

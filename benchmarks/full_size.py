@@ -67,19 +67,17 @@ def run_size(images: int, args: argparse.Namespace, work: Path) -> dict[str, flo
     synthetic.generate(Path(cfg.dataset.root), cfg.dataset.images, cfg.dataset.labels,
                        cfg.dataset.synthetic)
     # ... written out, so that no writeback of theirs is timed, and read once just before the
-    # command, as preprocess_speed does, so that both sizes start from images in the page cache:
-    # this VM evicts idle file pages within minutes with memory to spare (README), and 50,000
-    # images take minutes to generate, so their first ones were read back from the disk
+    # command, so that both sizes start from images in the page cache: 50,000 take minutes to
+    # generate, long enough for this VM to evict the first ones (common.read_once)
     flush_started = time.perf_counter()
     os.sync()
     flush_s = time.perf_counter() - flush_started
     warm_started = time.perf_counter()
-    image_bytes = sum(len(path.read_bytes())
-                      for path in (Path(cfg.dataset.root) / cfg.dataset.images).iterdir())
+    image_bytes = common.read_once((Path(cfg.dataset.root) / cfg.dataset.images).iterdir())
     warm_s = time.perf_counter() - warm_started
     peak = 0
     mark, started = common.cpu_mark(), time.perf_counter()
-    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = common.cpu_seconds(resource.RUSAGE_CHILDREN)
     process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     watched = psutil.Process(process.pid)
@@ -99,9 +97,7 @@ def run_size(images: int, args: argparse.Namespace, work: Path) -> dict[str, flo
     wall, stolen = time.perf_counter() - started, common.stolen_since(mark)
     # the command's CPU seconds (its decode workers' included, as it waits for them), user and
     # kernel: where wall time grows faster than N and these do not, the time went to waiting
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    user_s = children.ru_utime - children_before.ru_utime
-    kernel_s = children.ru_stime - children_before.ru_stime
+    user_s, kernel_s = common.cpu_since(cpu, resource.RUSAGE_CHILDREN)
     if process.returncode != 0:
         raise SystemExit(f"runner failed ({process.returncode}): {stderr[-2000:]}")
     from mlflow.tracking import MlflowClient

@@ -107,18 +107,14 @@ def reference_pass(paths: list[Path], recipe: PreprocessRecipe, out_dir: Path) -
         guide_script(path, recipe).tofile(out_dir / f"{path.name.split('.')[0]}.bin")
 
 
-def cpu_seconds() -> tuple[float, float]:
-    """(user, kernel) CPU seconds of this process and of its finished children (the stage's
-    workers). Kernel apart: file reads and writes are spent there, and on this VM they cost
-    more in some hours than in others."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + children.ru_utime, own.ru_stime + children.ru_stime
+# this process (the reference script) and its finished children (the stage's workers)
+WHO = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
 
 
-def cpu_since(mark: tuple[float, float]) -> tuple[float, float]:
-    user, kernel = cpu_seconds()
-    return user - mark[0], kernel - mark[1]
+def per_image_ms(cpu: list[tuple[float, float]], n: int) -> tuple[float, float]:
+    """Median (total, kernel) CPU milliseconds per image over passes of `n` images."""
+    return (1000 * statistics.median(user + kernel for user, kernel in cpu) / n,
+            1000 * statistics.median(kernel for _, kernel in cpu) / n)
 
 
 def make_dataset(images: list[Path], copies: int, root: Path) -> list[Path]:
@@ -149,8 +145,7 @@ def bench(model: str, images: list[Path], copies: int, rounds: int, work: Path) 
     cfg = runner_config(model, root, work / model / "cache")
     recipe = cfg.model.preprocess
     script_recipe = guide_recipe(recipe)
-    for path in paths:  # warm the page cache for both contenders
-        path.read_bytes()
+    common.read_once(paths)  # warm the page cache for both contenders
 
     warm_root = work / model / "warm-up"
     warm_paths = make_dataset(images[:WARM_UP], 1, warm_root)
@@ -165,20 +160,20 @@ def bench(model: str, images: list[Path], copies: int, rounds: int, work: Path) 
             shutil.rmtree(out, ignore_errors=True)
         os.sync()  # neither pass waits on the other's file writes
         reference_pass(warm_paths, script_recipe, warm_ref)
-        cpu, mark, started = cpu_seconds(), common.cpu_mark(), time.perf_counter()
+        cpu, mark, started = common.cpu_seconds(*WHO), common.cpu_mark(), time.perf_counter()
         reference_pass(paths, script_recipe, ref_dir)
         ref_s.append(time.perf_counter() - started)
-        ref_cpu.append(cpu_since(cpu))
+        ref_cpu.append(common.cpu_since(cpu, *WHO))
         ref_load.append(os.getloadavg()[0])
         ref_stolen.append(common.stolen_since(mark))
         our_dir.mkdir()
         warm_our.mkdir()
         os.sync()
         preprocess.run(preprocess.Settings.from_config(warm_cfg), {}, warm_our)
-        cpu, mark, started = cpu_seconds(), common.cpu_mark(), time.perf_counter()
+        cpu, mark, started = common.cpu_seconds(*WHO), common.cpu_mark(), time.perf_counter()
         output = preprocess.run(preprocess.Settings.from_config(cfg), {}, our_dir)
         our_s.append(time.perf_counter() - started)
-        our_cpu.append(cpu_since(cpu))
+        our_cpu.append(common.cpu_since(cpu, *WHO))
         our_load.append(os.getloadavg()[0])
         our_stolen.append(common.stolen_since(mark))
 
@@ -211,10 +206,8 @@ def bench(model: str, images: list[Path], copies: int, rounds: int, work: Path) 
     print(f"  speed ratio runner/reference: median {statistics.median(ratios):.2f}x, {judged} "
           f"(per round {[round(r, 2) for r in ratios]}); provisional: "
           f"{os.cpu_count()} cores shared with other processes (load above)")
-    ref_ms, our_ms = (1000 * statistics.median(u + k for u, k in c) / n
-                      for c in (ref_cpu, our_cpu))
-    ref_kernel_ms, our_kernel_ms = (1000 * statistics.median(k for _, k in c) / n
-                                    for c in (ref_cpu, our_cpu))
+    (ref_ms, ref_kernel_ms), (our_ms, our_kernel_ms) = (per_image_ms(ref_cpu, n),
+                                                        per_image_ms(our_cpu, n))
     print(f"  CPU ms per image (all processes): reference {ref_ms:.2f} (kernel "
           f"{ref_kernel_ms:.2f}), runner {our_ms:.2f} (kernel {our_kernel_ms:.2f})")
     print(f"  bytes per image: .bin {bin_bytes}, cache {cache_bytes:.1f} incl. the .npy header "
