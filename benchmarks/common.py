@@ -4,6 +4,9 @@ through the runner's own cached stages, and printing figures next to their targe
 from __future__ import annotations
 
 import argparse
+import ctypes
+import mmap
+import os
 import resource
 import statistics
 import time
@@ -117,6 +120,62 @@ def read_once(paths: Iterable[Path]) -> int:
     """Read every file once, so that a pass timed next finds them in the page cache (this VM
     evicts idle file pages within minutes, README); their bytes."""
     return sum(len(path.read_bytes()) for path in paths)
+
+
+def evict(paths: Iterable[Path]) -> int:
+    """Drop the files' pages from the page cache, so that a pass timed next reads them from the
+    disk, as a first run over ImageNet does; their bytes. Dirty pages stay: `os.sync()` first.
+    Unlike drop_caches this needs no root and leaves other files cached. It does nothing where
+    pages have no disk to go back to (tmpfs): `resident_fraction` says whether it worked."""
+    total = 0
+    for path in paths:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+            total += os.fstat(descriptor).st_size
+        finally:
+            os.close(descriptor)
+    return total
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    return libc
+
+
+def resident_fraction(paths: Iterable[Path]) -> float:
+    """The share of the files' pages in the page cache, from mincore(2) on a mapping of each
+    file that is never touched: asking reads nothing. (A read with RWF_NOWAIT, which returns only
+    cached bytes, is no probe: on this VM's kernel it starts read-ahead of the rest, and the file
+    is cached a moment later.)"""
+    libc, page = _libc(), os.sysconf("SC_PAGE_SIZE")
+    cached = total = 0
+    for path in paths:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(descriptor).st_size
+            if size == 0:
+                continue
+            address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, descriptor, 0)
+            if address in (None, ctypes.c_void_p(-1).value):
+                raise OSError(ctypes.get_errno(), f"mmap of {path} failed")
+            try:
+                pages = (size + page - 1) // page
+                vector = ctypes.create_string_buffer(pages)
+                if libc.mincore(address, size, vector) != 0:
+                    raise OSError(ctypes.get_errno(), f"mincore of {path} failed")
+                cached += sum(byte & 1 for byte in vector.raw)
+                total += pages
+            finally:
+                libc.munmap(address, size)
+        finally:
+            os.close(descriptor)
+    return cached / total if total else 1.0
 
 
 def stolen_since(mark: Any) -> float:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmarks import common
 from runner import artifacts
 from runner.artifacts import PreprocessedDataset, chunk_file
 from runner.cache import digest_file
@@ -93,3 +95,26 @@ def test_an_unreadable_image_fails_and_leaves_no_finished_chunk(generated_images
         preprocess.run(preprocess.Settings.from_config(_cfg(root, "model=alexnet")), {}, out)
     assert not (out / chunk_file(1)).exists()
     assert not (out / artifacts.MANIFEST).exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="posix_fadvise is Linux's")
+def test_workers_ask_the_kernel_to_read_their_images_ahead(generated_images: Path,
+                                                          tmp_path: Path) -> None:
+    paths = sorted((generated_images / "val").iterdir())
+    os.sync()
+    common.evict(paths)
+    if common.resident_fraction(paths) > 0:
+        pytest.skip(f"{generated_images} keeps evicted pages in memory (a tmpfs?)")
+    preprocess.read_ahead([str(p) for p in paths])
+    # the reads were started, not waited for: they land within moments, with nothing else
+    # reading these files (resident_fraction looks with mincore, which reads nothing)
+    deadline = time.monotonic() + 10
+    while common.resident_fraction(paths) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert common.resident_fraction(paths) == 1
+
+
+def test_read_ahead_leaves_a_missing_file_or_a_fifo_to_the_decode(tmp_path: Path) -> None:
+    fifo = tmp_path / "swapped.JPEG"
+    os.mkfifo(fifo)  # opened without O_NONBLOCK, this would wait for a writer forever
+    preprocess.read_ahead([str(tmp_path / "missing.JPEG"), str(fifo)])

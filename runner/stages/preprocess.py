@@ -62,6 +62,7 @@ def _fill(job: tuple[str, int, int, list[str], Cropping]) -> int:
     """
     target, data_offset, first_row, paths, recipe = job
     shape = (recipe.crop, recipe.crop, 3)
+    read_ahead(paths)
     descriptor = os.open(target, os.O_WRONLY)
     try:
         for row, path in enumerate(paths, start=first_row):
@@ -74,6 +75,32 @@ def _fill(job: tuple[str, int, int, list[str], Cropping]) -> int:
     finally:
         os.close(descriptor)
     return len(paths)
+
+
+def read_ahead(paths: list[str]) -> None:
+    """Ask the kernel to start reading `paths` into the page cache now, without waiting for it.
+
+    The files of a worker's piece are then read from the disk while it decodes the first ones,
+    instead of each read stalling a core in turn: ImageNet on its first run, or images whose pages
+    were evicted since (this VM evicts idle ones within minutes). Measured with
+    benchmarks/preprocess_cold (3,000 images, 2 cores, side by side): from the disk 0.80 of the
+    images/s from the page cache without this, 0.99 with it. Best effort: a file that cannot be
+    opened here is left to the decode that follows, which says what is wrong with it.
+    """
+    if not hasattr(os, "posix_fadvise"):  # not on macOS: reads there stay as they were
+        return
+    for path in paths:
+        try:
+            # O_NONBLOCK: a path swapped for a FIFO since the dataset was listed must not hang
+            descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(descriptor)
 
 
 def _write_all(descriptor: int, data: memoryview, offset: int) -> None:
