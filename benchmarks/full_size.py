@@ -6,8 +6,11 @@ image is read from the disk, as on a first run over ImageNet), in a fresh stage 
 watched from outside: the peak of the whole process tree's proportional resident memory (PSS of
 the CLI and its decode workers: file-backed pages count, so memory-mapped reads are in it;
 shared pages are not counted twice), sampled every 0.2 s; each stage's seconds from the run's
-MLflow metrics; the command's user and kernel CPU seconds; the cache's bytes per stage. Printed
-with the ratio of the two sizes and the load average.
+MLflow metrics; the command's user and kernel CPU seconds; the cache's bytes per stage; what the
+disk holding the work folder read, wrote and how much of each stage's time it was busy
+(/proc/diskstats every 0.2 s, stage windows from the run's log), to tell a stage that grows
+faster than N because it waits on the disk from one whose own work does. Printed with the ratio
+of the two sizes and the load average.
 
     python -m benchmarks.full_size --sizes 5000 50000 --model alexnet --bs 64 [--parity-sample N]
 
@@ -18,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -48,11 +53,66 @@ def tree_pss_bytes(root: psutil.Process) -> int:
     return total
 
 
+def disk_of(folder: Path) -> tuple[int, int]:
+    """(major, minor) of the device holding `folder`."""
+    device = os.stat(folder).st_dev
+    return os.major(device), os.minor(device)
+
+
+def disk_counters(device: tuple[int, int]) -> tuple[str, tuple[float, float, float]] | None:
+    """The block device `device`'s name and (MB read, MB written, ms busy) so far, from
+    /proc/diskstats (sectors of 512 bytes; busy: time with a request in flight); None for a
+    folder on no block device (tmpfs, overlay)."""
+    for line in Path("/proc/diskstats").read_text().splitlines():
+        fields = line.split()
+        if (int(fields[0]), int(fields[1])) == device:
+            return fields[2], (int(fields[5]) * 512 / 1e6, int(fields[9]) * 512 / 1e6,
+                               float(fields[12]))
+    return None
+
+
+LOG_LINE = re.compile(r"^\[(?P<at>[\d-]+ [\d:,]+)\]\[runner\]\[INFO\] - (?P<stage>\w+): "
+                      r"(?P<event>key|done in|cache hit in) ")
+
+
+def stage_windows(log: Path) -> dict[str, tuple[float, float]]:
+    """Each stage's (start, end) in epoch seconds, from the run's log: the pipeline logs
+    "<stage>: key ..." as a stage starts and "<stage>: done in ..." as it ends."""
+    starts: dict[str, float] = {}
+    windows: dict[str, tuple[float, float]] = {}
+    for line in log.read_text().splitlines():
+        match = LOG_LINE.match(line)
+        if not match:
+            continue
+        at = datetime.strptime(match["at"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        if match["event"] == "key":
+            starts[match["stage"]] = at
+        elif match["stage"] in starts:
+            windows[match["stage"]] = (starts[match["stage"]], at)
+    return windows
+
+
+def disk_per_stage(samples: list[tuple[float, tuple[float, float, float]]],
+                   windows: dict[str, tuple[float, float]]) -> dict[str, tuple[float, ...]]:
+    """stage: (MB read, MB written, % of its time the disk was busy), between the first and the
+    last counter samples taken inside the stage (every 0.2 s: stages under 0.4 s have none)."""
+    per_stage = {}
+    for stage, (start, end) in windows.items():
+        inside = [(at, counters) for at, counters in samples if start <= at <= end]
+        if len(inside) < 2:
+            continue
+        (first_at, first), (last_at, last) = inside[0], inside[-1]
+        read, written, busy_ms = (b - a for a, b in zip(first, last, strict=True))
+        per_stage[stage] = (read, written, 100 * busy_ms / 1000 / (last_at - first_at))
+    return per_stage
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def run_size(images: int, args: argparse.Namespace, work: Path) -> dict[str, float]:
+def run_size(images: int, args: argparse.Namespace,
+             work: Path) -> tuple[dict[str, float], dict[str, tuple[float, ...]]]:
     cache, db = work / "cache", work / "mlflow.db"
     command = [sys.executable, "-m", "runner", f"model={args.model}", f"bs={args.bs}",
                "stage=accuracy", "dataset=synthetic", f"dataset.synthetic.num_images={images}",
@@ -77,6 +137,8 @@ def run_size(images: int, args: argparse.Namespace, work: Path) -> dict[str, flo
     flush_s = time.perf_counter() - flush_started
     image_bytes = common.evict(images)
     resident = common.resident_fraction(images)
+    device = disk_of(work)
+    disk: list[tuple[float, tuple[float, float, float]]] = []
     peak = 0
     mark, started = common.cpu_mark(), time.perf_counter()
     cpu = common.cpu_seconds(resource.RUSAGE_CHILDREN)
@@ -89,6 +151,9 @@ def run_size(images: int, args: argparse.Namespace, work: Path) -> dict[str, flo
         nonlocal peak
         while not done.is_set():
             peak = max(peak, tree_pss_bytes(watched))
+            counters = disk_counters(device)
+            if counters is not None:
+                disk.append((time.time(), counters[1]))
             time.sleep(0.2)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -113,7 +178,7 @@ def run_size(images: int, args: argparse.Namespace, work: Path) -> dict[str, flo
         row[f"{stage}_s"] = run.data.metrics.get(f"time_{stage}_s", float("nan"))
         row[f"{stage}_mb"] = (folder_bytes(cache / stage) / 2**20
                               if (cache / stage).exists() else 0.0)
-    return row
+    return row, disk_per_stage(disk, stage_windows(work / "run" / "runner.log"))
 
 
 def main() -> None:
@@ -133,13 +198,14 @@ def main() -> None:
         "peak memory: the process tree's summed PSS (file-backed pages included), every 0.2 s; "
         "stage seconds: the run's time_<stage>_s",
     ])
-    rows = []
+    rows, disks = [], []
     with tempfile.TemporaryDirectory(dir=args.work) as scratch:
         for size in args.sizes:
             work = Path(scratch) / f"n{size}"
             work.mkdir()
-            rows.append(run_size(size, args, work))
-            row = rows[-1]
+            row, disk = run_size(size, args, work)
+            rows.append(row)
+            disks.append(disk)
             print(f"N={size}: wall {row['wall_s']:.0f} s, peak PSS {row['peak_rss_mb']:.0f} MB, "
                   f"load {row['load']:.2f}, CPU stolen by the hypervisor {row['stolen_pct']:.0f}% "
                   f"(before it: images flushed in {row['flush_s']:.1f} s, their "
@@ -156,6 +222,16 @@ def main() -> None:
         rate = args.sizes[1] / large[f"{stage}_s"] if large[f"{stage}_s"] else 0
         print(f"{stage:<11}{small[f'{stage}_s']:>10.1f}{large[f'{stage}_s']:>11.1f}"
               f"{rate:>13.1f}{per_image:>12.2f}{large[f'{stage}_mb']:>12.1f}")
+    device = disk_counters(disk_of(Path(args.work or tempfile.gettempdir())))
+    if device is None or not disks[1]:
+        print("disk per stage: not measured (the work folder is on no block device)")
+    else:
+        print(f"disk {device[0]} during each stage, MB read / MB written / % of the time a "
+              "request was in flight (100%: waiting on the disk):")
+        for stage in STAGES:
+            cells = [f"{d[stage][0]:.0f} / {d[stage][1]:.0f} / {d[stage][2]:.0f}%"
+                     if stage in d else "-" for d in disks]
+            print(f"{stage:<11}{cells[0]:>24}{cells[1]:>24}")
     rss_ratio = large["peak_rss_mb"] / small["peak_rss_mb"]
     print(f"peak PSS {small['peak_rss_mb']:.0f} -> {large['peak_rss_mb']:.0f} MB: ratio "
           f"{rss_ratio:.3f}, {common.verdict(rss_ratio, 1.10, higher_is_better=False)}")

@@ -59,6 +59,9 @@ def test_full_size(tmp_path: Path) -> None:
     assert len(re.findall(r"their \d+ MB evicted from the page cache: 0% left", out)) == 2, out
     assert any(line.startswith("preprocess") for line in out.splitlines())
     assert "peak PSS" in out
+    # the disk per stage: export runs seconds at both sizes, long enough to be sampled
+    assert re.search(r"^disk \S+ during each stage", out, re.MULTILINE), out
+    assert re.search(r"^export +\d+ / \d+ / \d+% +\d+ / \d+ / \d+%$", out, re.MULTILINE), out
     # the commands' own CPU (python and the runner's imports alone take seconds), kernel split out
     user = re.search(r"^CPU user (\d+) -> (\d+) s", out, re.MULTILINE)
     assert user and int(user[1]) > 0 and int(user[2]) > 0, out
