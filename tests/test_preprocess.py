@@ -97,6 +97,31 @@ def test_an_unreadable_image_fails_and_leaves_no_finished_chunk(generated_images
     assert not (out / artifacts.MANIFEST).exists()
 
 
+def _evictable(folder: Path) -> bool:
+    """Whether pages of files in `folder` can leave the page cache (not on a tmpfs)."""
+    probe = folder / "probe"
+    probe.write_bytes(b"x" * 65536)
+    os.sync()
+    common.evict([probe])
+    return common.resident_fraction([probe]) == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="posix_fadvise is Linux's")
+def test_finished_chunks_leave_the_page_cache(generated_images: Path, tmp_path: Path) -> None:
+    if not _evictable(tmp_path):
+        pytest.skip(f"{tmp_path} keeps clean pages in memory (a tmpfs?)")
+    out = tmp_path / "out"
+    out.mkdir()
+    preprocess.run(preprocess.Settings.from_config(_cfg(generated_images, "model=alexnet")),
+                   {}, out)
+    chunks = sorted(out.glob("chunk_*.npy"))
+    assert len(chunks) == 3 and common.resident_fraction(chunks) == 0
+    # ... and read back from the disk alike
+    cropped = [load_cropped(p, run_config("model=alexnet").model.preprocess)
+               for p in sorted((generated_images / "val").iterdir())]
+    np.testing.assert_array_equal(PreprocessedDataset(out).pixels(0, 20), np.stack(cropped))
+
+
 @pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="posix_fadvise is Linux's")
 def test_workers_ask_the_kernel_to_read_their_images_ahead(generated_images: Path,
                                                           tmp_path: Path) -> None:
