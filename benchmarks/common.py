@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 from hydra import compose, initialize_config_dir
 
-from runner import config, device_lock, environment, pipeline
+from runner import config, device_lock, environment, page_cache, pipeline
 from runner.config import PROJECT_ROOT, RunConfig
 
 DEFAULT_MODELS = ("alexnet", "inceptionv4")
@@ -123,19 +123,10 @@ def read_once(paths: Iterable[Path]) -> int:
 
 
 def evict(paths: Iterable[Path]) -> int:
-    """Drop the files' pages from the page cache, so that a pass timed next reads them from the
-    disk, as a first run over ImageNet does; their bytes. Dirty pages stay: `os.sync()` first.
-    Unlike drop_caches this needs no root and leaves other files cached. It does nothing where
-    pages have no disk to go back to (tmpfs): `resident_fraction` says whether it worked."""
-    total = 0
-    for path in paths:
-        descriptor = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
-            total += os.fstat(descriptor).st_size
-        finally:
-            os.close(descriptor)
-    return total
+    """Drop the files' pages from the page cache (runner.page_cache.release), so that a pass
+    timed next reads them from the disk, as a first run over ImageNet does; their bytes. Dirty
+    pages stay: `os.sync()` first. `resident_fraction` says whether it worked (not on tmpfs)."""
+    return sum(page_cache.release(path) for path in paths)
 
 
 def _libc() -> ctypes.CDLL:

@@ -200,6 +200,7 @@ def main() -> None:
     ])
     rows, disks = [], []
     with tempfile.TemporaryDirectory(dir=args.work) as scratch:
+        device = disk_counters(disk_of(Path(scratch)))
         for size in args.sizes:
             work = Path(scratch) / f"n{size}"
             work.mkdir()
@@ -222,7 +223,6 @@ def main() -> None:
         rate = args.sizes[1] / large[f"{stage}_s"] if large[f"{stage}_s"] else 0
         print(f"{stage:<11}{small[f'{stage}_s']:>10.1f}{large[f'{stage}_s']:>11.1f}"
               f"{rate:>13.1f}{per_image:>12.2f}{large[f'{stage}_mb']:>12.1f}")
-    device = disk_counters(disk_of(Path(args.work or tempfile.gettempdir())))
     if device is None or not disks[1]:
         print("disk per stage: not measured (the work folder is on no block device)")
     else:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from runner import page_cache
 from runner.artifacts import chunk_file, write_manifest
 from runner.cache import StageOutput, finish_file
 from runner.config import Cropping, RunConfig
@@ -23,6 +24,7 @@ from runner.data import dataset
 from runner.data.dataset import DatasetSpec
 from runner.data.transforms import load_cropped
 from runner.interrupts import ignore_in_worker
+from runner.page_cache import read_ahead  # a name here: benchmarks/preprocess_cold swaps it
 from runner.settings import runtime_only
 
 NEEDS: tuple[str, ...] = ()
@@ -75,52 +77,6 @@ def _fill(job: tuple[str, int, int, list[str], Cropping]) -> int:
     finally:
         os.close(descriptor)
     return len(paths)
-
-
-def read_ahead(paths: list[str]) -> None:
-    """Ask the kernel to start reading `paths` into the page cache now, without waiting for it.
-
-    The files of a worker's piece are then read from the disk while it decodes the first ones,
-    instead of each read stalling a core in turn: ImageNet on its first run, or images whose pages
-    were evicted since (this VM evicts idle ones within minutes). Measured with
-    benchmarks/preprocess_cold (3,000 images, 2 cores, side by side): from the disk 0.80 of the
-    images/s from the page cache without this, 0.99 with it. Best effort: a file that cannot be
-    opened here is left to the decode that follows, which says what is wrong with it.
-    """
-    if not hasattr(os, "posix_fadvise"):  # not on macOS: reads there stay as they were
-        return
-    for path in paths:
-        try:
-            # O_NONBLOCK: a path swapped for a FIFO since the dataset was listed must not hang
-            descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        except OSError:
-            continue
-        try:
-            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_WILLNEED)
-        except OSError:
-            pass
-        finally:
-            os.close(descriptor)
-
-
-def release_pages(chunk: Path) -> None:
-    """Let the kernel take back a finished chunk's pages from the page cache now.
-
-    finish_file has fsynced the chunk, so its pages are on the disk and clean; dropped, they are
-    free for the next chunk's writes, and the stage holds a chunk's worth of page cache instead
-    of the whole dataset's crops (7.2 GB at 50,000 AlexNet images) pushing other files' pages
-    out. `infer` and the reference read each chunk once, in order, from a thread that reads
-    ahead of the model, so reading it back from the disk costs them little. On this VM new
-    page-cache pages are dear: 7.2 GB written as fsync'd 38 MB files took 63 s (52 s of it
-    kernel time) keeping their pages, 5.6 s (2.5 s kernel) dropping each one's after its fsync.
-    """
-    if not hasattr(os, "posix_fadvise"):  # not on macOS: the kernel keeps them as it likes
-        return
-    descriptor = os.open(chunk, os.O_RDONLY)
-    try:
-        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(descriptor)
 
 
 def _write_all(descriptor: int, data: memoryview, offset: int) -> None:
@@ -190,7 +146,12 @@ def _fill_chunks(chunks: dict[int, list[dataset.Sample]], recipe: Cropping,
             if pending:
                 in_flight.append(start(pool, pending.pop(0)))
             finish_file(filling, out_dir / chunk_file(index), sha256)
-            release_pages(out_dir / chunk_file(index))
+            # fsynced, so clean: its pages go, and the stage holds one chunk's worth of page
+            # cache, not the dataset's crops (7.2 GB at 50,000 AlexNet images). infer and the
+            # reference read each chunk once, in order, from a thread that reads ahead of the
+            # model. On this VM new page-cache pages are dear: 7.2 GB written as fsync'd 38 MB
+            # files took 63 s (52 s kernel) keeping their pages, 5.6 s (2.5 s) releasing them.
+            page_cache.release(out_dir / chunk_file(index))
     finally:
         # on an error (a broken image, Ctrl-C) drop the queued tasks instead of finishing them,
         # and the chunks they were filling: only whole chunk files stay for the next run
