@@ -68,7 +68,9 @@ def make(cfg: RunConfig, stages: list[str]) -> dict[str, Path]:
 
 def header(title: str, method: list[str]) -> None:
     print(f"== {title}")
-    print(f"   host {environment.host_id()}, commit {environment.git_commit()[:12]}, "
+    commit = environment.git_commit()  # "<sha>-dirty" with uncommitted changes: keep the flag
+    short = commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
+    print(f"   host {environment.host_id()}, commit {short}, "
           f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
     for line in method:
         print(f"   {line}")

@@ -1,20 +1,25 @@
 """Full-size runs: `stage=accuracy` over N generated images, at two sizes, side by side.
 
-Each size is one `python -m runner` command (the CLI as a user runs it) on its own synthetic
-dataset (generated, flushed to disk and evicted from the page cache just before, untimed: every
-image is read from the disk, as on a first run over ImageNet), in a fresh stage cache,
-watched from outside: the peak of the whole process tree's proportional resident memory (PSS of
-the CLI and its decode workers: file-backed pages count, so memory-mapped reads are in it;
-shared pages are not counted twice), sampled every 0.2 s; each stage's seconds from the run's
-MLflow metrics; the command's user and kernel CPU seconds; the cache's bytes per stage; what the
-disk holding the work folder read, wrote and how much of each stage's time it was busy
-(/proc/diskstats every 0.2 s, stage windows from the run's log), to tell a stage that grows
-faster than N because it waits on the disk from one whose own work does. Printed with the ratio
-of the two sizes and the load average.
+Each size's synthetic dataset is generated once, first (untimed). Each command is one
+`python -m runner` (the CLI as a user runs it) over one size's images, which are flushed to disk
+and evicted from the page cache just before (untimed: every image is read from the disk, as on a
+first run over ImageNet), in a fresh stage cache, watched from outside: the peak of the whole
+process tree's proportional resident memory (PSS of the CLI and its decode workers: file-backed
+pages count, so memory-mapped reads are in it; shared pages are not counted twice), sampled
+every 0.2 s; each stage's seconds from the run's MLflow metrics; the command's user and kernel
+CPU seconds; the cache's bytes per stage; what the disk holding the work folder read, wrote and
+how much of each stage's time it was busy (/proc/diskstats every 0.2 s, stage windows from the
+run's log), to tell a stage that grows faster than N because it waits on the disk from one whose
+own work does. `--rounds R` runs R commands per size, the sizes' order swapped each round (small
+large, large small, ...), and prints medians with each round's per-image ratio: one command per
+size cannot tell a stage's growth from this VM's drift. Printed with the ratios and the load
+average.
 
     python -m benchmarks.full_size --sizes 5000 50000 --model alexnet --bs 64 [--parity-sample N]
+    python -m benchmarks.full_size --stages export convert preprocess --rounds 3
 
-The goal: peak memory flat in N (large / small <= 1.10) and time linear (per image alike).
+The goals: peak memory flat in N (the worst peak at the large size / at the small <= 1.10) and
+time linear (each stage's seconds per image, large / small, <= LINEAR).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import argparse
 import os
 import re
 import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +45,8 @@ from runner.config import PROJECT_ROOT
 from runner.data import synthetic
 
 STAGES = ("export", "convert", "preprocess", "infer", "reference", "parity", "evaluate")
+# time linear: a stage's seconds per image at the larger size over those at the smaller
+LINEAR = 1.10
 
 
 def tree_pss_bytes(root: psutil.Process) -> int:
@@ -111,32 +120,38 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def run_size(images: int, args: argparse.Namespace,
+def generate_images(size: int, args: argparse.Namespace, root: Path) -> Path:
+    """The synthetic dataset of `size` images a command at that size reads, at `root` (making
+    it is not what is measured); the folder of its images."""
+    cfg = common.run_config(f"model={args.model}", "dataset=synthetic",
+                            f"dataset.synthetic.num_images={size}", f"dataset.root={root}")
+    assert cfg.dataset.synthetic is not None
+    synthetic.generate(root, cfg.dataset.images, cfg.dataset.labels, cfg.dataset.synthetic)
+    return root / cfg.dataset.images
+
+
+def run_size(images: int, args: argparse.Namespace, root: Path, image_dir: Path,
              work: Path) -> tuple[dict[str, float], dict[str, tuple[float, ...]]]:
+    """One CLI command over the `images` generated at `root`, in a fresh cache under `work`."""
     cache, db = work / "cache", work / "mlflow.db"
     command = [sys.executable, "-m", "runner", f"model={args.model}", f"bs={args.bs}",
-               "stage=accuracy", "dataset=synthetic", f"dataset.synthetic.num_images={images}",
+               "stage=accuracy", f"stage.stages=[{','.join(args.stages)}]", "dataset=synthetic",
+               f"dataset.synthetic.num_images={images}", f"dataset.root={root}",
                "model.weights=random", f"paths.cache_dir={cache}",
                f"mlflow.tracking_uri=sqlite:///{db}", f"mlflow.artifact_location={work}/mlruns",
                f"hydra.run.dir={work}/run"]
     if args.parity_sample:
         command.append(f"parity.sample={args.parity_sample}")
-    # the synthetic images are generated first, where the run looks for them: making them is
-    # not what is measured
-    cfg = common.run_config(*command[3:-1])
-    assert cfg.dataset.root is not None and cfg.dataset.synthetic is not None
-    synthetic.generate(Path(cfg.dataset.root), cfg.dataset.images, cfg.dataset.labels,
-                       cfg.dataset.synthetic)
-    # ... written out, so that no writeback of theirs is timed, and evicted from the page cache,
-    # so that both sizes read every image from the disk, as a first run over ImageNet does. (Read
+    # written out, so that no writeback of theirs is timed, and evicted from the page cache, so
+    # that both sizes read every image from the disk, as a first run over ImageNet does. (Read
     # once instead, to start both from the cache, 50,000 were partly evicted again by this VM
     # before preprocess reached them, 5,000 not: the two sizes started from different states.)
-    images = sorted((Path(cfg.dataset.root) / cfg.dataset.images).iterdir())
+    image_files = sorted(image_dir.iterdir())
     flush_started = time.perf_counter()
     os.sync()
     flush_s = time.perf_counter() - flush_started
-    image_bytes = common.evict(images)
-    resident = common.resident_fraction(images)
+    image_bytes = common.evict(image_files)
+    resident = common.resident_fraction(image_files)
     device = disk_of(work)
     disk: list[tuple[float, tuple[float, float, float]]] = []
     peak = 0
@@ -174,11 +189,15 @@ def run_size(images: int, args: argparse.Namespace,
     row = {"wall_s": wall, "peak_rss_mb": peak / 2**20, "load": os.getloadavg()[0],
            "stolen_pct": stolen, "flush_s": flush_s, "resident": resident,
            "image_mb": image_bytes / 2**20, "user_s": user_s, "kernel_s": kernel_s}
-    for stage in STAGES:
+    for stage in args.stages:
         row[f"{stage}_s"] = run.data.metrics.get(f"time_{stage}_s", float("nan"))
         row[f"{stage}_mb"] = (folder_bytes(cache / stage) / 2**20
                               if (cache / stage).exists() else 0.0)
     return row, disk_per_stage(disk, stage_windows(work / "run" / "runner.log"))
+
+
+def median_of(rows: list[dict[str, float]], key: str) -> float:
+    return statistics.median(row[key] for row in rows)
 
 
 def main() -> None:
@@ -189,58 +208,87 @@ def main() -> None:
     parser.add_argument("--bs", type=int, default=64)
     parser.add_argument("--parity-sample", type=int, default=0,
                         help="parity.sample (0: every image)")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
+                        help="the stages each command runs (stage.stages), in order; default: "
+                        "all of stage=accuracy")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="commands per size, the sizes' order swapped each round; medians")
     parser.add_argument("--work", default=None, help="a scratch folder (default: a temp dir)")
     args = parser.parse_args()
-    common.header(f"stage=accuracy at {args.sizes[0]} and {args.sizes[1]} generated images", [
+    small_n, large_n = args.sizes
+    common.header(f"stage=accuracy at {small_n} and {large_n} generated images", [
         f"model {args.model} (random weights), bs {args.bs}, chip cpu, parity.sample "
-        f"{args.parity_sample or 'all'}; one CLI command per size, fresh cache "
-        "(images generated, flushed to disk and evicted from the page cache before, not timed)",
+        f"{args.parity_sample or 'all'}, stages {' '.join(args.stages)}; {args.rounds} round(s) "
+        "of one CLI command per size (the order swapped each round), each in a fresh cache; "
+        "each size's images generated once before the first round, then before each command "
+        "flushed to disk and evicted from the page cache (not timed)",
         "peak memory: the process tree's summed PSS (file-backed pages included), every 0.2 s; "
-        "stage seconds: the run's time_<stage>_s",
+        "stage seconds: the run's time_<stage>_s; with rounds, the median of each figure",
     ])
-    rows, disks = [], []
+    rows: dict[int, list[dict[str, float]]] = {small_n: [], large_n: []}
+    disks: dict[int, list[dict[str, tuple[float, ...]]]] = {small_n: [], large_n: []}
     with tempfile.TemporaryDirectory(dir=args.work) as scratch:
         device = disk_counters(disk_of(Path(scratch)))
-        for size in args.sizes:
-            work = Path(scratch) / f"n{size}"
-            work.mkdir()
-            row, disk = run_size(size, args, work)
-            rows.append(row)
-            disks.append(disk)
-            print(f"N={size}: wall {row['wall_s']:.0f} s, peak PSS {row['peak_rss_mb']:.0f} MB, "
-                  f"load {row['load']:.2f}, CPU stolen by the hypervisor {row['stolen_pct']:.0f}% "
-                  f"(before it: images flushed in {row['flush_s']:.1f} s, their "
-                  f"{row['image_mb']:.0f} MB evicted from the page cache: {row['resident']:.0%} "
-                  f"left); CPU "
-                  f"user {row['user_s']:.0f} s, kernel {row['kernel_s']:.0f} s",
-                  flush=True)
-    small, large = rows
-    ratio_images = args.sizes[1] / args.sizes[0]
+        roots = {size: Path(scratch) / f"images-{size}" for size in args.sizes}
+        image_dirs = {size: generate_images(size, args, root) for size, root in roots.items()}
+        for round_index in range(args.rounds):
+            order = args.sizes if round_index % 2 == 0 else args.sizes[::-1]
+            for size in order:
+                work = Path(scratch) / f"n{size}-round{round_index + 1}"
+                work.mkdir()
+                row, disk = run_size(size, args, roots[size], image_dirs[size], work)
+                shutil.rmtree(work)  # a 50,000-image cache is gigabytes: one at a time
+                rows[size].append(row)
+                disks[size].append(disk)
+                print(f"N={size}: wall {row['wall_s']:.0f} s, peak PSS "
+                      f"{row['peak_rss_mb']:.0f} MB, load {row['load']:.2f}, CPU stolen by the "
+                      f"hypervisor {row['stolen_pct']:.0f}% (before it: images flushed in "
+                      f"{row['flush_s']:.1f} s, their {row['image_mb']:.0f} MB evicted from the "
+                      f"page cache: {row['resident']:.0%} left); CPU user {row['user_s']:.0f} s, "
+                      f"kernel {row['kernel_s']:.0f} s; " + " ".join(
+                          f"{stage} {row[f'{stage}_s']:.1f}" for stage in args.stages) + " s",
+                      flush=True)
+    small, large = rows[small_n], rows[large_n]
+    ratio_images = large_n / small_n
     print(f"{'stage':<11}{'s @ small':>10}{'s @ large':>11}{'img/s large':>13}"
-          f"{'time ratio':>12}{'MB @ large':>12}")
-    for stage in STAGES:
-        per_image = large[f"{stage}_s"] / small[f"{stage}_s"] if small[f"{stage}_s"] else 0
-        rate = args.sizes[1] / large[f"{stage}_s"] if large[f"{stage}_s"] else 0
-        print(f"{stage:<11}{small[f'{stage}_s']:>10.1f}{large[f'{stage}_s']:>11.1f}"
-              f"{rate:>13.1f}{per_image:>12.2f}{large[f'{stage}_mb']:>12.1f}")
-    if device is None or not disks[1]:
+          f"{'time ratio':>12}{'MB @ large':>12}   per-image time large/small")
+    for stage in args.stages:
+        small_s, large_s = median_of(small, f"{stage}_s"), median_of(large, f"{stage}_s")
+        ratio = large_s / small_s if small_s else 0
+        rate = large_n / large_s if large_s else 0
+        # per image, each round's pair: linear is 1.0; a fixed cost (export) is below it
+        per_round = " ".join(f"{b[f'{stage}_s'] / a[f'{stage}_s'] / ratio_images:.2f}"
+                             for a, b in zip(small, large, strict=True) if a[f"{stage}_s"])
+        print(f"{stage:<11}{small_s:>10.1f}{large_s:>11.1f}{rate:>13.1f}{ratio:>12.2f}"
+              f"{median_of(large, f'{stage}_mb'):>12.1f}   {per_round} "
+              f"{common.verdict(ratio / ratio_images, LINEAR, higher_is_better=False)}")
+    if device is None or not all(disks[large_n]):
         print("disk per stage: not measured (the work folder is on no block device)")
     else:
         print(f"disk {device[0]} during each stage, MB read / MB written / % of the time a "
-              "request was in flight (100%: waiting on the disk):")
-        for stage in STAGES:
-            cells = [f"{d[stage][0]:.0f} / {d[stage][1]:.0f} / {d[stage][2]:.0f}%"
-                     if stage in d else "-" for d in disks]
+              "request was in flight (100%: waiting on the disk; medians over rounds):")
+        for stage in args.stages:
+            cells = []
+            for size in args.sizes:
+                seen = [d[stage] for d in disks[size] if stage in d]
+                cells.append(" / ".join(f"{statistics.median(v[i] for v in seen):.0f}"
+                                        for i in range(3)) + "%" if seen else "-")
             print(f"{stage:<11}{cells[0]:>24}{cells[1]:>24}")
-    rss_ratio = large["peak_rss_mb"] / small["peak_rss_mb"]
-    print(f"peak PSS {small['peak_rss_mb']:.0f} -> {large['peak_rss_mb']:.0f} MB: ratio "
-          f"{rss_ratio:.3f}, {common.verdict(rss_ratio, 1.10, higher_is_better=False)}")
+    # the worst peak of each size: memory must stay flat in every round, not in the median
+    small_peak = max(row["peak_rss_mb"] for row in small)
+    large_peak = max(row["peak_rss_mb"] for row in large)
+    print(f"peak PSS {small_peak:.0f} -> {large_peak:.0f} MB: ratio "
+          f"{large_peak / small_peak:.3f}, "
+          f"{common.verdict(large_peak / small_peak, 1.10, higher_is_better=False)}")
     for kind in ("user", "kernel"):
-        print(f"CPU {kind} {small[f'{kind}_s']:.0f} -> {large[f'{kind}_s']:.0f} s: ratio "
-              f"{large[f'{kind}_s'] / max(small[f'{kind}_s'], 1e-9):.2f}")
-    print(f"wall {small['wall_s']:.0f} -> {large['wall_s']:.0f} s: ratio "
-          f"{large['wall_s'] / small['wall_s']:.2f} for {ratio_images:.0f}x the images "
-          f"(linear: {ratio_images:.0f}); load {small['load']:.2f} / {large['load']:.2f}")
+        small_cpu, large_cpu = median_of(small, f"{kind}_s"), median_of(large, f"{kind}_s")
+        print(f"CPU {kind} {small_cpu:.0f} -> {large_cpu:.0f} s: ratio "
+              f"{large_cpu / max(small_cpu, 1e-9):.2f}")
+    small_wall, large_wall = median_of(small, "wall_s"), median_of(large, "wall_s")
+    loads = sorted(row["load"] for row in small + large)
+    print(f"wall {small_wall:.0f} -> {large_wall:.0f} s: ratio {large_wall / small_wall:.2f} "
+          f"for {ratio_images:.0f}x the images (linear: {ratio_images:.0f}); load "
+          f"{loads[0]:.2f}-{loads[-1]:.2f}")
 
 
 if __name__ == "__main__":

@@ -68,6 +68,25 @@ def test_full_size(tmp_path: Path) -> None:
     assert re.search(r"^CPU kernel \d+ -> \d+ s", out, re.MULTILINE), out
 
 
+
+def test_full_size_rounds(tmp_path: Path) -> None:
+    """--rounds: each size runs once per round, the order swapped, with medians and each
+    round's per-image ratio; --stages: only the stages asked for."""
+    out = run_script("full_size", "--sizes", "4", "8", "--model", "alexnet", "--bs", "4",
+                     "--stages", "export", "preprocess", "--rounds", "2", "--work",
+                     str(tmp_path))
+    commands = re.findall(r"^N=(\d+): wall .* export [\d.]+ preprocess [\d.]+ s$", out,
+                          re.MULTILINE)
+    assert commands == ["4", "8", "8", "4"], out
+    assert not re.search(r"^(infer|reference|parity|evaluate) ", out, re.MULTILINE), out
+    row = re.search(r"^preprocess +([\d.]+) +([\d.]+) +[\d.]+ +([\d.]+) +[\d.]+ +"
+                    r"([\d.]+) ([\d.]+) (met|MISSED) \(target <= 1.1\)$", out, re.MULTILINE)
+    assert row, out
+    # the medians' time ratio, and each round's per-image ratio beside it
+    assert all(float(row[i]) > 0 for i in (3, 4, 5)), out
+    assert re.search(r"^peak PSS \d+ -> \d+ MB: ratio [\d.]+, (met|MISSED)", out,
+                     re.MULTILINE), out
+
 def test_preprocess_cold(tmp_path: Path) -> None:
     out = run_script("preprocess_cold", "--images", "40", "--rounds", "1", "--work",
                      str(tmp_path))
@@ -93,3 +112,18 @@ def test_preprocess_speed() -> None:
     assert len(cpu) == 2 and all(float(total) >= float(kernel) and float(total) > 0
                                  for row in cpu for total, kernel in (row[:2], row[2:])), out
     assert "fed tensors vs .bin max abs diff 0" in out  # alexnet's PIL recipe: exact
+
+
+@pytest.mark.parametrize(("commit", "shown"), [
+    ("0123456789abcdef0123456789abcdef01234567", "commit 0123456789ab,"),
+    ("0123456789abcdef0123456789abcdef01234567-dirty", "commit 0123456789ab-dirty,"),
+])
+def test_header_says_when_the_tree_was_dirty(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str],
+                                             commit: str, shown: str) -> None:
+    """A figure taken with uncommitted changes must not pass for the commit's."""
+    from benchmarks import common
+
+    monkeypatch.setattr(common.environment, "git_commit", lambda: commit)
+    common.header("title", [])
+    assert shown in capsys.readouterr().out
