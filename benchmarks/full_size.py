@@ -216,6 +216,10 @@ def main() -> None:
     parser.add_argument("--work", default=None, help="a scratch folder (default: a temp dir)")
     args = parser.parse_args()
     small_n, large_n = args.sizes
+    if not 0 < small_n < large_n:
+        parser.error(f"--sizes {small_n} {large_n}: two sizes, the smaller first, both > 0")
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: at least 1")
     common.header(f"stage=accuracy at {small_n} and {large_n} generated images", [
         f"model {args.model} (random weights), bs {args.bs}, chip cpu, parity.sample "
         f"{args.parity_sample or 'all'}, stages {' '.join(args.stages)}; {args.rounds} round(s) "

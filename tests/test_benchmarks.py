@@ -127,3 +127,11 @@ def test_header_says_when_the_tree_was_dirty(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(common.environment, "git_commit", lambda: commit)
     common.header("title", [])
     assert shown in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args", [("--sizes", "8", "4"), ("--sizes", "4", "4"), ("--rounds", "0")])
+def test_full_size_refuses_bad_arguments_before_any_work(args: tuple[str, ...]) -> None:
+    result = subprocess.run([sys.executable, "-m", "benchmarks.full_size", *args],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and f"error: {args[0]} " in result.stderr, result.stderr
+    assert "==" not in result.stdout  # refused before the header, so before generating images
