@@ -277,7 +277,7 @@ def test_md5_mismatch_of_a_local_checkpoint(tmp_path: Path,
 def test_a_folder_or_a_text_file_as_checkpoint_is_named(tmp_path: Path) -> None:
     folder = ModelConfig(name="x", arch="torchvision.models.squeezenet1_1",
                          weights=str(tmp_path), weights_checksum=None)
-    with pytest.raises(WeightsError, match=r"checkpoint .* is a folder, not a checkpoint file"):
+    with pytest.raises(WeightsError, match=r"checkpoint .* is a directory, not a checkpoint file"):
         weights.fetch(weights.source(folder), tmp_path)
     for text in ("hello world\n", "x\n" * 50, ""):
         path = tmp_path / "notes.pth"

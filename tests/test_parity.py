@@ -31,7 +31,8 @@ def test_compare_counts_agreement_deltas_and_orders_the_worst() -> None:
     converted[2, (top1[2] + 1) % 10] = reference[2].max() + 1.0  # image 2 flips its top-1
     converted[4] += 0.5  # image 4 shifts every logit: a large diff, the same ranking
     labels = top1.copy()  # the reference is right on every image
-    result = parity.compare(reference, converted, labels, 0, [f"img{i}" for i in range(6)], 3)
+    result = parity.compare(reference, converted, labels, 0, [f"img{i}" for i in range(6)], 3,
+                            TIGHT)
     metrics = result["metrics"]
     assert metrics["parity_top1_agreement"] == pytest.approx(5 / 6)
     assert metrics["parity_reference_top1"] == 100.0
@@ -42,20 +43,60 @@ def test_compare_counts_agreement_deltas_and_orders_the_worst() -> None:
     assert [w["image"] for w in result["worst_images"]][:2] == ["img2", "img4"]
     assert result["worst_images"][0]["converted_top1"] == (top1[2] + 1) % 10
     assert result["disagreeing_images"] == 1
-    found = parity.breaches(metrics, TIGHT)
+    found = parity.breaches(result, TIGHT)
     assert len(found) == 3 and found[0].startswith("max_abs_diff")
+    assert "on img4" in found[0] or "on img2" in found[0]
     assert "top1_agreement 0.8333 < 0.999" in found[1] and "top1 delta -16.667" in found[2]
 
 
 def test_within_tolerance_passes_and_nan_is_a_breach() -> None:
     reference = np.eye(4, 8, dtype=np.float32) * 5
     assert parity.breaches(parity.compare(reference, reference + 1e-4, np.arange(4), 0,
-                                          list("abcd"), 2)["metrics"], TIGHT) == []
+                                          list("abcd"), 2, TIGHT), TIGHT) == []
     broken = reference.copy()
     broken[1, 1] = np.nan
-    result = parity.compare(reference, broken, np.arange(4), 0, list("abcd"), 2)
+    result = parity.compare(reference, broken, np.arange(4), 0, list("abcd"), 2, TIGHT)
     assert result["worst_images"][0]["image"] == "b"
-    assert parity.breaches(result["metrics"], TIGHT)[0].startswith("max_abs_diff nan")
+    assert parity.breaches(result, TIGHT)[0].startswith("max_abs_diff nan")
+    assert "on b " in parity.breaches(result, TIGHT)[0]
+
+
+def test_the_logit_bound_scales_with_each_images_logits() -> None:
+    """Issue 31: ResNet-50's random-weight logits reach ~3,700 and ONNX Runtime's summation order
+    leaves 0.0017 absolute (4.7e-7 relative): the fp32 default passes that, and still fails the
+    same absolute difference on an image of small logits."""
+    fp32 = ParityTolerance(max_abs_diff=1e-3, min_top1_agreement=0.999, max_topk_delta=0.1,
+                           rtol=1e-5)
+    large = np.zeros((2, 8), dtype=np.float64)
+    large[:, 0] = 3700.0
+    large[:, 1:] = np.linspace(-50, 50, 7)  # small logits in a large-scale image
+    shifted = large.copy()
+    shifted[:, 3] += 0.0017  # on a near-zero logit: judged by the image's scale, not its own
+    result = parity.compare(large, shifted, np.zeros(2, dtype=np.int64), 0, ["a", "b"], 2, fp32)
+    assert result["metrics"]["parity_max_abs_diff"] == pytest.approx(0.0017)
+    assert result["metrics"]["parity_logit_scale"] == 3700.0
+    assert result["metrics"]["parity_max_rel_diff"] == pytest.approx(0.0017 / 3700)
+    assert parity.breaches(result, fp32) == []
+    # an absolute tolerance alone (the old rule) fails it
+    absolute_only = ParityTolerance(1e-3, 0.999, 0.1)
+    result = parity.compare(large, shifted, np.zeros(2, dtype=np.int64), 0, ["a", "b"], 2,
+                            absolute_only)
+    (found,) = parity.breaches(result, absolute_only)
+    assert "the absolute floor max_abs_diff dominates" in found and "raise max_abs_diff" in found
+    # the same difference on an image whose logits are ~10 is a breach under the fp32 default
+    small = large / 370.0
+    perturbed = small.copy()
+    perturbed[0, 4] += 0.0017
+    result = parity.compare(small, perturbed, np.zeros(2, dtype=np.int64), 0, ["a", "b"], 2,
+                            fp32)
+    (found,) = parity.breaches(result, fp32)
+    assert found.startswith("max_abs_diff 0.0017 > 0.0011 = max_abs_diff 0.001 + rtol 1e-05 x "
+                            "logit scale 10 on a")
+    # a difference beyond rtol of a large scale names the relative term
+    result = parity.compare(large, large + 0.5, np.zeros(2, dtype=np.int64), 0, ["a", "b"], 2,
+                            fp32)
+    (found,) = parity.breaches(result, fp32)
+    assert "the relative term rtol x logit scale dominates" in found and "raise rtol" in found
 
 
 def _pipeline(cfg: RunConfig, folder: Path, export_seed: int) -> dict[str, Path]:
@@ -137,6 +178,9 @@ def test_tolerances_are_configurable_and_checked() -> None:
         run_config("parity.tolerance.fp32.min_top1_agreement=2")
     with pytest.raises(ConfigError, match=r"parity\.tolerance\.fp16\.max_abs_diff=-1\.0 must"):
         run_config("parity.tolerance.fp16.max_abs_diff=-1")
+    with pytest.raises(ConfigError, match=r"parity\.tolerance\.fp32\.rtol=-0\.1 must be >= 0"):
+        run_config("parity.tolerance.fp32.rtol=-0.1")
+    assert run_config("parity.tolerance.fp32.rtol=0").parity.tolerance.fp32.rtol == 0
 
 
 def test_a_sample_is_compared_row_for_row_and_says_so(generated_images: Path,
@@ -157,7 +201,8 @@ def test_a_sample_is_compared_row_for_row_and_says_so(generated_images: Path,
     data = PreprocessedDataset(paths["dataset"])
     whole = parity.compare(artifacts.load_logits(paths["reference_logits"]),
                            artifacts.load_logits(paths["logits"])[sampled],
-                           data.labels[sampled], 0, [data.names[i] for i in sampled], 5)
+                           data.labels[sampled], 0, [data.names[i] for i in sampled], 5,
+                           cfg.parity.tolerance.fp32)
     for key, value in whole["metrics"].items():
         if key != "parity_coverage":
             assert output.metrics[key] == pytest.approx(value, rel=1e-12), key

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -68,6 +67,16 @@ def test_the_reference_is_a_stage_of_the_presets(tmp_path: Path) -> None:
      r"checkpoint /nowhere/alexnet\.pth does not exist"),
     (("debug=smoke", "chip=torch_cpu", "model.arch=torch.nn.Identity"),
      r"model\.arch='torch\.nn\.Identity' is outside the allowed packages"),
+    # named inside an allowed package but defined elsewhere (torch's Tensor, imported there):
+    # refused by the plan, not by the export stage once a run exists (issue 31)
+    (("debug=smoke", "model.arch=torchvision.models.resnet.Tensor"),
+     r"model\.arch='torchvision\.models\.resnet\.Tensor' is \S+ from torch, not a model "
+     r"builder of the allowed packages"),
+    (("debug=smoke", "model.arch=torchvision.models.resnet.nosuch"),
+     r"model\.arch='torchvision\.models\.resnet\.nosuch' cannot be imported"),
+    (("debug=smoke", "model.weights=."),
+     r"checkpoint \S+ is a directory, not a checkpoint file: name the checkpoint file in it "
+     r"\(e\.g\. model\.weights=\S+/model\.pth\)"),
 ])
 def test_what_needs_no_work_fails_at_once_without_an_mlflow_run(
         tmp_path: Path, overrides: tuple[str, ...], message: str) -> None:
@@ -78,27 +87,29 @@ def test_what_needs_no_work_fails_at_once_without_an_mlflow_run(
     if "cache-under-a-file" in overrides:
         workspace.cache = a_file / "cache"
     args = [o for o in overrides if o != "cache-under-a-file"]
-    started = time.perf_counter()
+    # how fast is a benchmark's question (benchmarks/cli_startup.py), not a timed test's: here,
+    # that nothing was done
     result = workspace.run(*args, check=False, env={"IMAGENET_ROOT": ""})
-    seconds = time.perf_counter() - started
     assert result.returncode == 1
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("runner: error:")]
     assert re.search(message, line), line
-    assert seconds < 5, f"took {seconds:.1f} s"
     assert not workspace.db.exists()  # no MLflow run, not even a store
     assert not list(cache.glob("*/*"))  # no stage started
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("chip", ["cpu", "torch_cpu"])
+@pytest.mark.parametrize(("chip", "arch"), [
+    ("cpu", "mymodels.tiny"),  # defined in the package's own __init__.py (issue 31)
+    ("torch_cpu", "mymodels.models.tiny"),
+])
 def test_an_architecture_from_an_extra_package_runs_every_stage(
-        workspace: Workspace, tmp_path: Path, chip: str) -> None:
-    package = tmp_path / "site" / "mypkg"
+        workspace: Workspace, tmp_path: Path, chip: str, arch: str) -> None:
+    package = tmp_path / "site" / "mymodels"
     package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
+    (package / "__init__.py").write_text(TINY_PACKAGE if arch == "mymodels.tiny" else "")
     (package / "models.py").write_text(TINY_PACKAGE)
     result = workspace.run("debug=smoke", f"chip={chip}", "model=resnet18",
-                           "model.arch=mypkg.models.tiny", "security.extra_arch_prefixes=[mypkg]",
+                           f"model.arch={arch}", "security.extra_arch_prefixes=[mymodels]",
                            env={"PYTHONPATH": str(tmp_path / "site")})
     assert "runner: error" not in result.stderr
     (run,) = workspace.runs()
@@ -107,6 +118,27 @@ def test_an_architecture_from_an_extra_package_runs_every_stage(
     assert set(stages) <= set(workspace.cache_states(run))
     assert run.data.metrics["parity_top1_agreement"] == 1.0
     assert "throughput_fps" in run.data.metrics
+
+
+def test_a_builder_in_a_packages_init_is_allowed_and_its_code_keys_the_export(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.models import build
+    from runner.models.spec import arch_code
+
+    package = tmp_path / "mymodels"
+    package.mkdir()
+    (package / "__init__.py").write_text(TINY_PACKAGE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    builder = build.resolve_arch("mymodels.tiny", ("mymodels",))
+    assert builder.__module__ == "mymodels"
+    # a sibling package whose name merely starts with the prefix is not inside it
+    with pytest.raises(ConfigError, match="outside the allowed packages"):
+        build.resolve_arch("mymodelsx.tiny", ("mymodels",))
+    before = arch_code("mymodels.tiny")
+    (package / "__init__.py").write_text(TINY_PACKAGE + "\n# edited\n")
+    assert before is not None and arch_code("mymodels.tiny") != before
+    with pytest.raises(ConfigError, match=r"module 'nowhere' is not found on the Python path"):
+        arch_code("nowhere.tiny")
 
 
 def test_the_cli_starts_fast_enough_to_fail_fast() -> None:

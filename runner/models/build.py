@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from runner.config import BUILTIN_ARCH_PREFIXES, arch_allowed, check_arch
+from runner.config import BUILTIN_ARCH_PREFIXES, check_arch, module_inside
 from runner.errors import ConfigError, WeightsError
 
 
@@ -28,7 +28,7 @@ def resolve_arch(arch: str, allowed: Sequence[str] = BUILTIN_ARCH_PREFIXES,
     except (ImportError, AttributeError):
         raise ConfigError(f"model.arch={arch!r} cannot be imported: check the name") from None
     defined_in = getattr(builder, "__module__", None) or ""
-    if not callable(builder) or not arch_allowed(defined_in, allowed, allow_private=True):
+    if not callable(builder) or not module_inside(defined_in, allowed):
         raise ConfigError(
             f"model.arch={arch!r} is {type(builder).__name__} from {defined_in or '?'}, not a "
             "model builder of the allowed packages"

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from runner import environment
 from runner.cache import source_digest
 from runner.config import RunConfig, allowed_arch_prefixes, check_arch
+from runner.errors import ConfigError
 from runner.models import weights
 from runner.settings import runtime_only
 
@@ -19,11 +20,18 @@ if TYPE_CHECKING:
 
 
 def arch_code(arch: str) -> str | None:
-    """Digest of the module defining `arch` when it is this package's (torchvision's code is
-    pinned by its version); read from the file, without importing it."""
-    if not arch.startswith("runner."):
+    """Digest of the module `arch` is named in, read from its file (torchvision's code is pinned
+    by its version): a user's package (security.extra_arch_prefixes) edited changes the export
+    key as this package's own models do. Only that file: what it imports is not followed."""
+    if arch.startswith("torchvision."):
         return None
-    return source_digest(arch.rpartition(".")[0])
+    try:
+        return source_digest(arch.rpartition(".")[0])
+    except (ImportError, ValueError):
+        raise ConfigError(
+            f"model.arch={arch!r}: module {arch.rpartition('.')[0]!r} is not found on the "
+            "Python path: check the name, or run from the folder holding the package"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,12 @@ class ModelSpec:
                    allowed_prefixes=prefixes, weights_dir=str(cfg.cache_dir / "weights"))
 
     def check(self) -> None:
-        """What can fail before any work: the checkpoint is missing or cannot be downloaded."""
+        """What can fail before any work: the builder cannot be imported or is not one of the
+        allowed packages' (the whole allow-list check), the checkpoint is missing or cannot be
+        downloaded."""
+        from runner.models import build
+
+        build.resolve_arch(self.arch, self.allowed_prefixes)
         weights.check_available(self.weights, Path(self.weights_dir))
 
     def build(self) -> nn.Module:

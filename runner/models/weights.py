@@ -134,17 +134,29 @@ def download(url: str, target: Path, checksum: str | None, timeout_s: float = 30
     return target
 
 
+def check_local(path: Path) -> None:
+    """A local model.weights is a checkpoint file: say what it is when it is not."""
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise WeightsError(
+            f"checkpoint {path} is a directory, not a checkpoint file: name the checkpoint file "
+            f"in it (e.g. model.weights={path.resolve() / 'model.pth'})"
+        )
+    what = "is not a regular file" if path.exists() else "does not exist"
+    raise WeightsError(
+        f"checkpoint {path} {what}: fix model.weights (a checkpoint file, the "
+        "official URL, or random)"
+    )
+
+
 def check_available(src: WeightsSource, weights_dir: Path, timeout_s: float = 10.0) -> None:
     """Before any stage runs: the checkpoint is a file, was downloaded already, or its URL
     answers (a HEAD request), so an offline machine is told at once, not after other work."""
     if src.is_random:
         return
     if src.kind == "path":
-        if not Path(src.location).is_file():
-            raise WeightsError(
-                f"checkpoint {src.location} does not exist: fix model.weights (a path, the "
-                "official URL, or random)"
-            )
+        check_local(Path(src.location))
         return
     if not cached_path(src.location, weights_dir).is_file():
         _probe(src.location, timeout_s)
@@ -179,14 +191,7 @@ def fetch(src: WeightsSource, weights_dir: Path) -> Path | None:
         return None
     if src.kind == "path":
         path = Path(src.location)
-        if not path.is_file():
-            what = "is not a regular file" if path.exists() else "does not exist"
-            if path.is_dir():
-                what = "is a folder, not a checkpoint file"
-            raise WeightsError(
-                f"checkpoint {path} {what}: fix model.weights (a checkpoint file, the official "
-                "URL, or random)"
-            )
+        check_local(path)
         verify(path, src.checksum, downloaded=False)
         return path
     target = cached_path(src.location, weights_dir)
