@@ -6,11 +6,13 @@ A killed stage therefore leaves a `.partial` folder, never a finished-looking en
 keep their finished chunks there (each written by rename too) and resume from them.
 A file lock per key keeps two processes (parallel sweep jobs) from computing the same entry.
 
-Integrity: `result.json` records every file's size and sha256, and a file finished inside a
-partial folder (a chunk) gets a `.<name>.sum` sidecar with the same, written after it. A lookup
-checks every size (and re-hashes small files; `cache.verify=full` re-hashes all), a resume keeps
-only chunks whose sidecar matches, so a damaged, truncated or half-written file is recomputed,
-never used.
+Integrity: `result.json` records every file's size and sha256, and its stat (size, mtime_ns,
+ctime_ns, inode) as git's index does; a file finished inside a partial folder (a chunk) gets a
+`.<name>.sum` sidecar with size and sha256, written after it. A lookup under the default
+`cache.verify=stat` re-hashes every file whose stat differs from the record (an edit in place of
+the same size changes mtime and ctime) and every small file; `size` checks sizes only (and
+re-hashes small files), `full` re-hashes all. A resume keeps only chunks whose sidecar matches, so
+a damaged, truncated or half-written file is recomputed, never used.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ log = logging.getLogger("runner")
 RESULT_FILE = "result.json"
 # write failures that mean "this disk cannot take the output", as opposed to a bad input file
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
-VERIFY_MODES = ("size", "full")
+VERIFY_MODES = ("stat", "size", "full")
 # files up to this size are re-hashed on every use even with cache.verify=size: JSON results and
 # manifests, whose damage a size check would miss, cost microseconds to hash
 SMALL_FILE = 1 << 20
@@ -187,8 +189,16 @@ def _recorded(path: Path) -> tuple[int, str] | None:
         return None
 
 
-def _check_file(path: Path, size: int, sha256: str, full: bool) -> str | None:
-    """Why `path` is not the file recorded as (size, sha256); None when it is."""
+def file_stat(path: Path) -> list[int]:
+    """What identifies a file's version without reading it: size, mtime_ns, ctime_ns, inode."""
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+
+
+def _check_file(path: Path, size: int, sha256: str, full: bool,
+                recorded_stat: list[int] | None = None) -> str | None:
+    """Why `path` is not the file recorded as (size, sha256); None when it is. With
+    `recorded_stat` (cache.verify=stat), a file whose stat differs is re-hashed."""
     try:
         stat = path.stat()
     except OSError as error:
@@ -197,44 +207,67 @@ def _check_file(path: Path, size: int, sha256: str, full: bool) -> str | None:
         return f"{path} is not a regular file"
     if stat.st_size != size:
         return f"{path} has {stat.st_size} bytes where {size} were written"
-    if (full or size <= SMALL_FILE) and digest_file(path) != sha256:
-        return f"{path} does not have the sha256 recorded when it was written"
+    changed = recorded_stat is not None and recorded_stat != [
+        stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+    if (full or changed or size <= SMALL_FILE) and digest_file(path) != sha256:
+        how = " (its size is the same, its modification time is not)" if changed else ""
+        return f"{path} does not have the sha256 recorded when it was written{how}"
     return None
 
 
-
-
-
-
-
-
-
-
-def _load_output(path: Path, full: bool) -> StageOutput:
-    """The output recorded in a finished entry, after checking its files against the record."""
+def _load_output(path: Path, verify: str) -> StageOutput:
+    """The output recorded in a finished entry, after checking its files against the record.
+    Under cache.verify=stat a file whose stat changed but whose content did not (a copy of the
+    cache, a restore) has its new stat recorded, so it is hashed once, not on every use."""
     result = path / RESULT_FILE
     try:
         record = json.loads(result.read_text())
         files = record.pop("files")
         if record.pop("digest") != digest_json({**record, "files": files}):
             raise ValueError("its content does not match its digest")
+        stats: dict[str, list[int]] = record.pop("stats", {})
         output = StageOutput(**record)
     except (OSError, ValueError, KeyError, TypeError) as error:
         reason = error.strerror if isinstance(error, OSError) else error
         raise DamagedEntry(f"{result} is damaged or unreadable ({reason})") from None
+    refreshed = False
     for relative, (size, sha256) in files.items():
-        if (problem := _check_file(path / relative, size, sha256, full)) is not None:
+        file = path / relative
+        # an entry written before stats were recorded has none: hashed once, then recorded
+        recorded_stat = stats.get(relative, []) if verify == "stat" else None
+        if (problem := _check_file(file, size, sha256, verify == "full",
+                                   recorded_stat)) is not None:
             raise DamagedEntry(problem)
+        if recorded_stat is not None and recorded_stat != file_stat(file):
+            stats[relative] = file_stat(file)
+            refreshed = True
+    if refreshed:
+        _write_record(path, output, files, stats)
     return output
 
 
-def lookup(cache_dir: Path, stage: str, key: str, verify: str = "size") -> CacheEntry | None:
+def _write_record(folder: Path, output: StageOutput, files: dict[str, tuple[int, str]],
+                  stats: dict[str, list[int]]) -> None:
+    """result.json: the output, every file's (size, sha256) and stat, sealed by a digest."""
+    record = {**asdict(output), "files": files, "stats": stats}
+    record["digest"] = digest_json(record)
+    try:
+        atomic_write_text(folder / RESULT_FILE, json.dumps(record, indent=2))
+    except OSError as error:
+        if folder.name.endswith(".partial"):
+            raise
+        # a read-only cache (shared, mounted): the stats are refreshed by whoever can write
+        log.debug("cannot refresh the recorded stats of %s: %s", folder, error)
+
+
+def lookup(cache_dir: Path, stage: str, key: str,
+           verify: str = "stat") -> CacheEntry | None:
     """The finished entry, None when there is none; DamagedEntry when its files are not the ones
-    written (sizes checked, small files re-hashed; every file re-hashed with verify="full")."""
+    written (see the module's Integrity paragraph for what `verify` checks)."""
     path = cache_dir / stage / key
     if not path.is_dir():
         return None
-    return CacheEntry(stage, key, path, _load_output(path, verify == "full"), hit=True)
+    return CacheEntry(stage, key, path, _load_output(path, verify), hit=True)
 
 
 def _is_temporary(path: Path) -> bool:
@@ -306,7 +339,7 @@ def run_cached(
     key: str,
     compute: Callable[[Path], StageOutput],
     force: bool = False,
-    verify: str = "size",
+    verify: str = "stat",
 ) -> CacheEntry:
     """The finished entry for `key`, computing it with `compute(work_dir)` unless it exists.
     A damaged entry is reported, naming the file, and computed again."""
@@ -328,9 +361,10 @@ def run_cached(
             partial.mkdir(parents=True, exist_ok=True)
             _keep_finished(partial, full)
             output = compute(partial)
-            record = {**asdict(output), "files": _seal_entry(partial)}
-            record["digest"] = digest_json(record)
-            atomic_write_text(partial / RESULT_FILE, json.dumps(record, indent=2))
+            files = _seal_entry(partial)
+            # renaming the folder below keeps every file's inode, mtime and ctime
+            _write_record(partial, output, files,
+                          {relative: file_stat(partial / relative) for relative in files})
             if final.exists():
                 shutil.rmtree(final)
             os.rename(partial, final)

@@ -419,14 +419,16 @@ class CacheConfig:
     # measurements (benchmark, e2e) are measured anew on every run; true reuses a finished one
     # (as resuming an interrupted sweep wants), and every place the figure shows says so
     reuse_measurements: bool = False
-    # how a cache hit is checked against the sizes and sha256 recorded when it was written:
-    # "size" (every file's size; files up to 1 MiB re-hashed) or "full" (every file re-hashed)
-    verify: str = "size"
+    # how a cache hit is checked against what was recorded when it was written: "stat" (every
+    # file whose size, mtime, ctime or inode changed is re-hashed, as git's index does, and files
+    # up to 1 MiB always), "size" (sizes only; files up to 1 MiB re-hashed) or "full" (every
+    # file re-hashed). benchmarks/cache_verify.py measures what each costs
+    verify: str = "stat"
 
     def __post_init__(self) -> None:
         for name in self.force:
             _check_choice("cache.force", name, (*STAGE_NAMES, "all"))
-        _check_choice("cache.verify", self.verify, ("size", "full"))
+        _check_choice("cache.verify", self.verify, ("stat", "size", "full"))
 
 
 @dataclass

@@ -131,7 +131,7 @@ def provenance(run_id: str | None) -> dict[str, Any]:
 
 def run(planned: list[PlannedStage], cache_dir: Path,
         on_stage: Callable[[StageRecord], None] | None = None,
-        run_id: str | None = None, verify: str = "size") -> PipelineResult:
+        run_id: str | None = None, verify: str = "stat") -> PipelineResult:
     """The planned stages in order; `run_id` is the MLflow run they are made in, if any;
     `verify` how a cache hit's files are checked (cache.verify)."""
     produced: dict[str, CacheEntry] = {}  # artifact name -> the entry holding it

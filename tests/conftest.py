@@ -17,10 +17,13 @@ from runner import config
 from runner.config import PROJECT_ROOT, RunConfig, SyntheticConfig
 from runner.data import synthetic
 
-SAMPLE_ROOT = PROJECT_ROOT.parent / "shared" / "data" / "imagenet-sample"
+# the real ImageNet sample (val/*.JPEG + val_label.txt), where the machine has one: set by
+# scripts/test.sh when it finds it; tests that need it skip without it
+SAMPLE_ROOT = Path(os.environ.get("RUNNER_SAMPLE_DIR") or "/nonexistent/RUNNER_SAMPLE_DIR")
 needs_sample = pytest.mark.skipif(
     not (SAMPLE_ROOT / "val_label.txt").is_file(),
-    reason=f"real ImageNet sample not found at {SAMPLE_ROOT}",
+    reason="real ImageNet sample not found: set RUNNER_SAMPLE_DIR to a folder holding "
+           "val/*.JPEG and val_label.txt",
 )
 
 config.register()

@@ -96,3 +96,16 @@ def test_cli_bad_bs_exits_non_zero_with_the_key_named() -> None:
     assert result.returncode != 0
     assert "bs=0 must be a positive integer" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_product_names_no_folder_of_the_workplace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 31: users have no `../shared`; the sample preset reads RUNNER_SAMPLE_DIR instead."""
+    named = [str(path.relative_to(PROJECT_ROOT))
+             for folder in ("conf", "runner") for path in (PROJECT_ROOT / folder).rglob("*")
+             if path.is_file() and path.suffix in (".py", ".yaml", ".yml", ".txt", ".cfg")
+             and "../shared" in path.read_text(errors="replace")]
+    assert named == []
+    monkeypatch.setenv("RUNNER_SAMPLE_DIR", "/data/sample")
+    assert run_config("dataset=imagenet_sample").dataset.root == "/data/sample"
+    monkeypatch.delenv("RUNNER_SAMPLE_DIR")
+    assert run_config("dataset=imagenet_sample").dataset.root is None

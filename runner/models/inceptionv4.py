@@ -1,6 +1,7 @@
 """InceptionV4 with the module layout of Cadene's pretrained-models (the InceptionV4 guide's model).
 
-Written from the architecture facts in ../shared/docs/ascend-reference.md. Module and attribute
+Written from the architecture of Cadene's pretrainedmodels/models/inceptionv4.py, which the
+Ascend ModelZoo InceptionV4 guide exports. Module and attribute
 names are part of the contract: they make the state-dict keys (`features.N.conv.weight`,
 `features.N.branch1.0.bn.running_mean`, `last_linear.weight`, ...) that the official
 `inceptionv4-8e4777a0.pth` (1001 classes, "imagenet+background") uses, so it loads unchanged.
