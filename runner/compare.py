@@ -288,9 +288,11 @@ def load_side(spec: str, what: str, client: MlflowClient | None) -> Side:
     try:
         run = client.get_run(spec)
     except MlflowException:
-        raise CompareError(f"{what} {spec} is not a run id in {client.tracking_uri} (nor a "
-                           "results file): pass a run id from that store, or --tracking-uri "
-                           "for another store") from None
+        option = "mlflow.tracking_uri=" if what.startswith("compare.") else "--tracking-uri"
+        shown = f"{what}={spec}" if what.startswith("compare.") else f"{what} {spec}"
+        raise CompareError(f"{shown} is not a run id in {client.tracking_uri} (nor a results "
+                           f"file): pass a run id from that store, or {option} for another "
+                           "store") from None
     if run.data.tags.get("sweep.role") == "parent":
         children = sweep.children(client, run.info.experiment_id, run.info.run_id)
         finished = [c for c in children if c.info.status == "FINISHED"]
