@@ -467,12 +467,16 @@ def plot(comparison: Comparison) -> Any:
                         fontsize=7)
         axes.grid(True, axis="y", alpha=0.3)
     left.set_yscale("log")
+    from matplotlib.ticker import FormatStrFormatter, ScalarFormatter
+
+    left.yaxis.set_major_formatter(ScalarFormatter())  # 0.75, not 7.5x10^-1
+    left.yaxis.set_minor_formatter(FormatStrFormatter("%.2g"))
     left.set_ylabel("candidate / baseline")
     left.set_title("timing and memory: band = the rule's noise band", fontsize=9)
     right.set_ylabel("candidate - baseline (points)")
     right.set_title("top-k: band = the guide's points", fontsize=9)
-    figure.suptitle(f"compare: {comparison.summary()} (red REGRESSED, green IMPROVED, orange "
-                    "INVALID)", fontsize=9)
+    figure.suptitle(f"compare: {comparison.summary()}\nred REGRESSED, green IMPROVED, gray "
+                    "SAME, orange INVALID", fontsize=9)
     return figure
 
 
