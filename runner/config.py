@@ -624,6 +624,22 @@ class SecurityConfig:
 
 
 @dataclass
+class CompareConfig:
+    """Gate a sweep (or one run) against a baseline (runner/compare.py, docs/compare.md)."""
+
+    # a run id, a sweep's parent run id, or a results JSON of `python -m runner compare --save`
+    # (FILE or FILE#baseline), in mlflow.tracking_uri's store; null: no comparison
+    baseline: str | None = None
+    # the figures whose REGRESSED fails the sweep (exit status 1); empty: every figure
+    fail_on: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.baseline is not None and not self.baseline.strip():
+            raise ConfigError("compare.baseline is empty: give a run id or a results file, or "
+                              "null")
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = MISSING
     dataset: DatasetConfig = MISSING
@@ -641,6 +657,7 @@ class RunConfig:
     parity: ParityConfig = field(default_factory=ParityConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     traceback: bool = False  # print the traceback of an error, not only its one-line message
 
     def __post_init__(self) -> None:
