@@ -386,12 +386,18 @@ def ui_command(tracking_uri: str) -> str:
     return f"{program} ui --backend-store-uri {redact.text(tracking_uri)}"
 
 
+# MLflow 3's UI opens in its GenAI mode, whose start page has no runs; runs, their metrics and
+# Descriptions are its "model training" mode, which this query parameter selects
+RUNS_VIEW = "?workflowType=machine_learning"
+
+
 def run_url(tracking_uri: str, experiment: str, run_id: str) -> str:
-    """The run's page: on the tracking server, or on what `mlflow ui` serves by default."""
+    """The run's page in MLflow 3's runs view: on the tracking server, or on what `mlflow ui`
+    serves by default."""
     scheme = urlparse(tracking_uri).scheme
     base = redact.text(tracking_uri).rstrip("/") if scheme in ("http", "https") \
         else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment}/runs/{run_id}"
+    return f"{base}/#/experiments/{experiment}/runs/{run_id}{RUNS_VIEW}"
 
 
 def _log_file(run_dir: Path) -> None:
