@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Lint and the whole test suite. Extra arguments go to pytest.
+# Lint and the whole test suite. Extra arguments go to pytest:
+#   bash scripts/test.sh -m "not slow"    the fast tier, for development (no pipeline subprocess)
+# Two pytest-xdist workers (RUNNER_TEST_WORKERS; 0 runs in this process), a test file per worker
+# (its module fixtures built once); the 30 slowest tests are listed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -19,4 +22,4 @@ if [ -z "${RUNNER_SAMPLE_DIR:-}" ] && [ -f ../shared/data/imagenet-sample/val_la
   export RUNNER_SAMPLE_DIR
 fi
 .venv/bin/python -m ruff check .
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest -n "${RUNNER_TEST_WORKERS:-2}" --dist loadfile --durations=30 "$@"

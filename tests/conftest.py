@@ -4,6 +4,7 @@ MLflow SQLite store in a temporary folder."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -49,11 +50,15 @@ def generated_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Workspace:
     """A cache folder, an MLflow store and a runs folder, shared by the CLI runs of a test."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, template: Path | None = None) -> None:
         self.root = root
         self.cache = root / "cache"
         self.db = root / "mlflow.db"
         self.tracking_uri = f"sqlite:///{self.db}"
+        # an empty MLflow store, its tables made once a session (mlflow_store_template): each
+        # new store's schema migrations cost ~2 s of every test's first run otherwise. None: the
+        # runner creates the store itself, for tests about exactly that
+        self.template = template
 
     def overrides(self) -> list[str]:
         return [
@@ -67,6 +72,9 @@ class Workspace:
     def run(self, *args: str, check: bool = True, timeout: float = 600,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "runner", *args, *self.overrides()]
+        if self.template is not None and not self.db.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.template, self.db)
         result = subprocess.run(
             command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
@@ -111,10 +119,22 @@ def shared_workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     return Workspace(tmp_path_factory.mktemp("workspace"))
 
 
+@pytest.fixture(scope="session")
+def mlflow_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real, empty MLflow SQLite store, made by MLflow itself (tables and the Default
+    experiment); copied to be each test's fresh store."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
 @pytest.fixture
-def workspace(tmp_path: Path, shared_workspace: Workspace) -> Iterator[Workspace]:
+def workspace(tmp_path: Path, shared_workspace: Workspace,
+              mlflow_store_template: Path) -> Iterator[Workspace]:
     """A fresh MLflow store and runs folder, reusing the session's stage cache."""
-    space = Workspace(tmp_path)
+    space = Workspace(tmp_path, template=mlflow_store_template)
     space.cache = shared_workspace.cache
     yield space
 

@@ -390,7 +390,8 @@ def test_an_interrupted_sweep_reruns_only_unfinished_stages(workspace: Workspace
 @pytest.mark.slow
 @pytest.mark.parametrize("attempt", [1, 2])
 def test_parallel_joblib_jobs_share_a_new_sqlite_store(workspace: Workspace, attempt: int) -> None:
-    assert not workspace.db.exists()  # each attempt starts from a store that does not exist
+    workspace.template = None  # each attempt starts from a store that does not exist
+    assert not workspace.db.exists()
     result = workspace.run("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4",
                            "model=alexnet", "bs=1,2,3,4", "stage=performance",
                            "model.weights=random", *FAST_BENCHMARK)
