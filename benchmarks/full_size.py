@@ -43,23 +43,11 @@ import psutil
 from benchmarks import common
 from runner.config import PROJECT_ROOT
 from runner.data import synthetic
+from runner.memory import tree_pss_bytes
 
 STAGES = ("export", "convert", "preprocess", "infer", "reference", "parity", "evaluate")
 # time linear: a stage's seconds per image at the larger size over those at the smaller
 LINEAR = 1.10
-
-
-def tree_pss_bytes(root: psutil.Process) -> int:
-    """The process tree's memory: each process's PSS (its resident pages, a page shared by k
-    processes counted 1/k in each, file-backed ones included), so forked decode workers sharing
-    the parent's pages are not counted twice as summed RSS would."""
-    total = 0
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            total += process.memory_full_info().pss
-        except psutil.Error:
-            continue
-    return total
 
 
 def disk_of(folder: Path) -> tuple[int, int]:

@@ -104,6 +104,12 @@ def run_job(cfg: DictConfig) -> dict[str, float]:
         check_host(run_cfg)
         check_writable(run_cfg.cache_dir, "paths.cache_dir")
         planned = pipeline.plan(run_cfg)
+        gate = None
+        if run_cfg.compare.baseline is not None and link is None:  # a sweep gates in its parent
+            from runner.compare import Gate
+
+            gate = Gate.setup(run_cfg.compare.baseline, run_cfg.compare.fail_on,
+                              run_cfg.mlflow.tracking_uri)
     except RunnerError as error:
         if link is not None:  # so the sweep's table lists it with the other jobs
             from runner import tracking
@@ -128,6 +134,8 @@ def run_job(cfg: DictConfig) -> dict[str, float]:
     if link is None:  # a sweep prints the command once, with its report
         print(f"runner: see it: {tracking.ui_command(run_cfg.mlflow.tracking_uri)}, then open "
               f"{tracking.run_url(run_cfg.mlflow.tracking_uri, run.experiment_id, run.run_id)}")
+    if gate is not None:
+        tracking.gate_run(gate, run.run_id)
     return result.metrics
 
 
@@ -255,7 +263,7 @@ def main(cfg: DictConfig) -> dict[str, float] | None:
         print(f"runner: error: {message}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             return None  # the other jobs of the sweep still run
-        raise SystemExit(1) from None
+        raise SystemExit(getattr(error, "exit_status", 1)) from None  # compare.baseline: 2
 
 
 def _validate_printed_config() -> None:
@@ -275,7 +283,12 @@ def _validate_printed_config() -> None:
 def entry() -> None:
     """`python -m runner`: Hydra's main, with every error as one line `runner: error: ...` and
     exit status 1 (tracebacks with traceback=true or HYDRA_FULL_ERROR=1), and Ctrl-C or SIGTERM as
-    an interruption that keeps finished work (exit status 128 + the signal number)."""
+    an interruption that keeps finished work (exit status 128 + the signal number).
+    `python -m runner compare BASELINE CANDIDATE` is runner.compare's (exit status 0, 1 or 2)."""
+    if sys.argv[1:2] == ["compare"]:  # a subcommand of its own: no Hydra (docs/compare.md)
+        from runner import compare
+
+        compare.main(sys.argv[2:])
     interrupts.install()
     debug = (any(DEBUG_OVERRIDE.fullmatch(arg) for arg in sys.argv[1:])
              or os.environ.get("HYDRA_FULL_ERROR") == "1")

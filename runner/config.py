@@ -297,12 +297,20 @@ class SyntheticConfig:
     seed: int = 0
 
 
+# How a dataset root is laid out (runner.data.dataset): `guide`, the Ascend guides'
+# <root>/val/*.JPEG + <root>/val_label.txt; `folders`, torchvision's ImageFolder
+# <root>/val/<wnid>/*.JPEG; `torchvision`, a root where torchvision.datasets.ImageNet extracted
+# its archives (then read as folders); `auto`, guide or folders, whichever the root holds
+DATASET_LAYOUTS = ("auto", "guide", "folders", "torchvision")
+
+
 @dataclass
 class DatasetConfig:
     name: str = MISSING
     root: str | None = None  # folder holding `images` and `labels`
     images: str = "val"  # folder of images, relative to root
     labels: str = "val_label.txt"  # "<file name> <0-based class>" per line, relative to root
+    layout: str = "auto"  # auto | guide | folders | torchvision (DATASET_LAYOUTS)
     limit: int | None = None  # first N images (natural sort order) only
     # what to do with images that have no label or labels without an image: stop or skip
     on_mismatch: str = "stop"
@@ -312,6 +320,12 @@ class DatasetConfig:
         if self.limit is not None:
             _check_positive("dataset.limit", self.limit)
         _check_choice("dataset.on_mismatch", self.on_mismatch, ("stop", "skip"))
+        _check_choice("dataset.layout", self.layout, DATASET_LAYOUTS)
+        if self.synthetic is not None and self.layout not in ("auto", "guide"):
+            raise ConfigError(
+                f"dataset.layout={self.layout} is not for dataset={self.name}: synthetic images "
+                "are generated in the guide layout; leave dataset.layout=auto"
+            )
 
 
 @dataclass
@@ -610,6 +624,22 @@ class SecurityConfig:
 
 
 @dataclass
+class CompareConfig:
+    """Gate a sweep (or one run) against a baseline (runner/compare.py, docs/compare.md)."""
+
+    # a run id, a sweep's parent run id, or a results JSON of `python -m runner compare --save`
+    # (FILE or FILE#baseline), in mlflow.tracking_uri's store; null: no comparison
+    baseline: str | None = None
+    # the figures whose REGRESSED fails the sweep (exit status 1); empty: every figure
+    fail_on: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.baseline is not None and not self.baseline.strip():
+            raise ConfigError("compare.baseline is empty: give a run id or a results file, or "
+                              "null")
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = MISSING
     dataset: DatasetConfig = MISSING
@@ -627,6 +657,7 @@ class RunConfig:
     parity: ParityConfig = field(default_factory=ParityConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     traceback: bool = False  # print the traceback of an error, not only its one-line message
 
     def __post_init__(self) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from runner import environment
+from runner import environment, memory
 from runner.cache import CacheEntry, StageOutput, digest_json, run_cached, source_digest
 from runner.config import RunConfig
 from runner.errors import ConfigError
@@ -52,6 +52,9 @@ class StageRecord:
     entry: CacheEntry
     seconds: float
     measures: bool = False  # its figures are measurements (benchmark, e2e)
+    # peak RSS of the process tree (runner.memory) during this stage, and since the run began
+    peak_rss_mib: float | None = None
+    peak_rss_mib_run: float | None = None
 
     @property
     def reused(self) -> bool:
@@ -61,6 +64,14 @@ class StageRecord:
     @property
     def provenance(self) -> dict[str, Any]:
         return self.entry.output.provenance
+
+    def memory_metrics(self) -> dict[str, float]:
+        """peak_rss_mib_<stage> and the run's peak so far, peak_rss_mib (none where unsampled).
+        Measured by this run whether the stage was a cache hit or not: never cached."""
+        if self.peak_rss_mib is None or self.peak_rss_mib_run is None:
+            return {}
+        return {f"peak_rss_mib_{self.name}": self.peak_rss_mib,
+                "peak_rss_mib": self.peak_rss_mib_run}
 
     def reuse_note(self) -> str:
         """'reused: measured <time> in run <id>' for a reused measurement, else ''."""
@@ -81,6 +92,7 @@ class PipelineResult:
         for record in self.stages:
             merged.update(record.entry.output.metrics)
             merged[f"time_{record.name}_s"] = record.seconds
+            merged.update(record.memory_metrics())
         return merged
 
 
@@ -136,32 +148,35 @@ def run(planned: list[PlannedStage], cache_dir: Path,
     `verify` how a cache hit's files are checked (cache.verify)."""
     produced: dict[str, CacheEntry] = {}  # artifact name -> the entry holding it
     result = PipelineResult()
-    for stage in planned:
-        started = time.perf_counter()
-        inputs = {n: produced[n] for n in stage.module.NEEDS}
-        key = stage_key(stage, {n: e.digest(n) for n, e in inputs.items()})
+    with memory.PeakSampler() as peak:
+        for stage in planned:
+            started = time.perf_counter()
+            inputs = {n: produced[n] for n in stage.module.NEEDS}
+            key = stage_key(stage, {n: e.digest(n) for n, e in inputs.items()})
 
-        def compute(out_dir: Path, stage: PlannedStage = stage,
-                    inputs: dict[str, CacheEntry] = inputs) -> StageOutput:
-            paths = {n: e.artifact(n) for n, e in inputs.items()}
-            output: StageOutput = stage.module.run(stage.settings, paths, out_dir)
-            output.provenance = provenance(run_id)
-            return output
+            def compute(out_dir: Path, stage: PlannedStage = stage,
+                        inputs: dict[str, CacheEntry] = inputs) -> StageOutput:
+                paths = {n: e.artifact(n) for n, e in inputs.items()}
+                output: StageOutput = stage.module.run(stage.settings, paths, out_dir)
+                output.provenance = provenance(run_id)
+                return output
 
-        log.info("%s: key %s", stage.name, key)
-        entry = run_cached(cache_dir, stage.name, key, compute, force=stage.force, verify=verify)
-        record = StageRecord(stage.name, entry, time.perf_counter() - started, stage.measures)
-        log.info("%s: %s in %.2f s (%s)", stage.name, "cache hit" if entry.hit else "done",
-                 record.seconds, entry.path)
-        if record.reused:
-            log.warning("%s: %s (cache.reuse_measurements=true)", stage.name,
-                        record.reuse_note())
-        for artifact in stage.module.GIVES:
-            produced[artifact] = entry
-        result.stages.append(record)
-        if on_stage is not None:
-            on_stage(record)
-        accept = getattr(stage.module, "accept", None)
-        if accept is not None:  # after the output is recorded: a refusal keeps the figures
-            accept(stage.settings, entry.output)
+            log.info("%s: key %s", stage.name, key)
+            entry = run_cached(cache_dir, stage.name, key, compute, force=stage.force,
+                               verify=verify)
+            record = StageRecord(stage.name, entry, time.perf_counter() - started, stage.measures,
+                                 peak.mark(), peak.peak_mib)
+            log.info("%s: %s in %.2f s (%s)", stage.name, "cache hit" if entry.hit else "done",
+                     record.seconds, entry.path)
+            if record.reused:
+                log.warning("%s: %s (cache.reuse_measurements=true)", stage.name,
+                            record.reuse_note())
+            for artifact in stage.module.GIVES:
+                produced[artifact] = entry
+            result.stages.append(record)
+            if on_stage is not None:
+                on_stage(record)
+            accept = getattr(stage.module, "accept", None)
+            if accept is not None:  # after the output is recorded: a refusal keeps the figures
+                accept(stage.settings, entry.output)
     return result

@@ -346,8 +346,10 @@ def _once(values: list[float]) -> str:
     return f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}"
 
 
-def sweep_report(jobs: Sequence[Job], title: str, extra_notes: Sequence[str] = ()) -> str:
-    """The guide's table for a sweep, as markdown whose lines fit `WIDTH` columns."""
+def sweep_report(jobs: Sequence[Job], title: str, extra_notes: Sequence[str] = (),
+                 versus: Mapping[str, str] | None = None) -> str:
+    """The guide's table for a sweep, as markdown whose lines fit `WIDTH` columns. `versus`:
+    run id -> its verdict against compare.baseline, a last column (the row's worst)."""
     groups = _groups(jobs)
     several_datasets = len({key[2] for key in groups}) > 1
     sizes = sorted({j.bs_int for j in jobs if j.bs_int is not None and j.status != NO_RUN})
@@ -379,7 +381,10 @@ def sweep_report(jobs: Sequence[Job], title: str, extra_notes: Sequence[str] = (
                     else NOT_APPLICABLE if accuracies else "—")
         rows.append([label, _once([j.metrics["top1"] for j in finished if "top1" in j.metrics]),
                      _once([j.metrics["top5"] for j in finished if "top5" in j.metrics]),
-                     *cells, benchmark, accuracy])
+                     *cells, benchmark, accuracy,
+                     *([_worst(versus, [j.run_id for j in members])] if versus is not None
+                       else [])])
+        blank = [""] * (versus is not None)
         published = next((j.published for j in members if j.published is not None), None)
         if published is not None:
             ref = published.reference_accuracy
@@ -390,11 +395,11 @@ def sweep_report(jobs: Sequence[Job], title: str, extra_notes: Sequence[str] = (
                 rows.append([f"  published ({published.reference}"
                              f"{', ' + chip if published.fps else ''})",
                              f"{ref[0]:g}" if ref else "—", f"{ref[1]:g}" if ref else "—",
-                             *fps, "", ""])
+                             *fps, "", "", *blank])
             chip_acc = published.chip_accuracy
             if chip_acc is not None:
                 rows.append([f"  published ({chip})", f"{chip_acc[0]:g}", f"{chip_acc[1]:g}",
-                             *([""] * len(sizes)), "", ""])
+                             *([""] * len(sizes)), "", "", *blank])
             deltas = [c.deltas for c in comparisons if c.deltas is not None]
             ratios = {j.bs_int: c.fps_ratio for j, c in zip(finished, comparisons, strict=True)
                       if c.fps_ratio is not None}
@@ -403,7 +408,7 @@ def sweep_report(jobs: Sequence[Job], title: str, extra_notes: Sequence[str] = (
                              _once_signed([d[0] for d in deltas]),
                              _once_signed([d[1] for d in deltas]),
                              *(f"{ratios[bs]:.2f}x" if bs in ratios else "" for bs in sizes),
-                             "", ""])
+                             "", "", *blank])
             rules.setdefault(published.rule(), model)
             for verdict, why in sorted({(c.accuracy, c.why) for c in comparisons
                                         if c.accuracy != PASS and c.deltas is not None}):
@@ -421,12 +426,13 @@ def sweep_report(jobs: Sequence[Job], title: str, extra_notes: Sequence[str] = (
             what = " / ".join(x for x in (job.model, job.chip) if x)
             notes.append(f"{where} ({what} bs {job.bs}) {job.status}: {job.error}")
     header = ["model / chip", "top-1 %", "top-5 %", *(f"bs{bs} img/s" for bs in sizes),
-              "benchmark", "accuracy"]
+              "benchmark", "accuracy", *(["vs baseline"] if versus is not None else [])]
     datasets = {key[2] for key in groups}
     if len(datasets) == 1:
         title += f", dataset {datasets.pop()}"
     out = [textwrap.shorten(f"## {title}", WIDTH), ""]
-    out += _fitted(header, [[_cell(c) for c in r] for r in rows], fixed_tail=2)
+    out += _fitted(header, [[_cell(c) for c in r] for r in rows],
+                   fixed_tail=2 + (versus is not None))
     out.append("")
     legend = (f"img/s: throughput, 1000*bs / mean compute ms of one synchronous inference "
               f"(ais_bench's figure); top-k: % of images with the label in the k highest "
@@ -434,11 +440,24 @@ def sweep_report(jobs: Sequence[Job], title: str, extra_notes: Sequence[str] = (
               f"`{INVALID_MARK}` INVALID figure, `{REUSED_MARK}` reused from an earlier run; "
               "benchmark: VALID/INVALID (all bs of the row); accuracy: PASS/FAIL by the rule, "
               "N/A where it does not apply (random weights, not the whole ImageNet val).")
+    if versus is not None:
+        legend += (" vs baseline: the worst verdict of the row's runs against compare.baseline "
+                   "(REGRESSED, INVALID, UNMATCHED, IMPROVED, SAME; beyond noise by the rule "
+                   "below).")
     bullets = [legend, *(f"rule for {m}: {r}" for r, m in rules.items()), *notes,
                *extra_notes]
     for bullet in bullets:
         out += textwrap.wrap(bullet, WIDTH, initial_indent="- ", subsequent_indent="  ")
     return "\n".join(out) + "\n"
+
+
+# runner.compare's verdicts, the worst first: a row of several runs shows its worst
+COMPARE_SEVERITY = ("REGRESSED", "INVALID", "UNMATCHED", "IMPROVED", "SAME")
+
+
+def _worst(versus: Mapping[str, str] | None, run_ids: Sequence[str]) -> str:
+    found = [versus[r] for r in run_ids if versus and r in versus]
+    return min(found, key=COMPARE_SEVERITY.index) if found else "—"
 
 
 def _once_signed(values: list[float]) -> str:

@@ -164,10 +164,25 @@ class SweepCallback(Callback):
         self.experiment_id: str | None = None
         self.planned: list[list[str]] | None = None
         self._closed = False
+        self.gate: Any = None  # runner.compare.Gate: compare.baseline, checked before any job
+        self.gate_failure = ""  # the line of a failed gate, set when the sweep closes
+        self.gate_error = ""  # why the comparison could not be made (exit status 2)
 
     # -- in the process that launched the sweep --
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        baseline = OmegaConf.select(config, "compare.baseline")
+        if baseline is not None:
+            from runner.compare import Gate
+            from runner.errors import RunnerError
+
+            try:  # before any job: a baseline that cannot be read stops the sweep at once
+                self.gate = Gate.setup(str(baseline),
+                                       list(OmegaConf.select(config, "compare.fail_on") or []),
+                                       str(config.mlflow.tracking_uri))
+            except RunnerError as error:
+                print(redact.text(f"runner: error: {error}"), file=sys.stderr)
+                raise SystemExit(2) from None
         try:
             self._open(config)
         except Exception as error:
@@ -186,6 +201,12 @@ class SweepCallback(Callback):
         if failed:
             print(f"runner: error: {len(failed)} of {len(jobs)} sweep jobs did not finish "
                   "(status and error under the table above)", file=sys.stderr)
+        if self.gate_error:
+            print(redact.text(f"runner: error: {self.gate_error}"), file=sys.stderr)
+            raise SystemExit(2)
+        if self.gate_failure:
+            print(redact.text(f"runner: error: {self.gate_failure}"), file=sys.stderr)
+        if failed or self.gate_failure:
             raise SystemExit(1)
 
     # -- in the process running a job --
@@ -235,6 +256,25 @@ class SweepCallback(Callback):
             client.log_metric(self.parent_run_id, "jobs_planned", len(self.planned))
         log.info("sweep: MLflow parent run %s (%s)", self.parent_run_id, self.tracking_uri)
 
+    def _compare(self, runs: list[Run], notes: list[str]) -> Any:
+        """The children against compare.baseline (None without one); a note of the verdict."""
+        if self.gate is None:
+            return None
+        from runner.errors import RunnerError
+
+        assert self.parent_run_id is not None
+        try:
+            comparison = self.gate.judge(runs, self.parent_run_id, "sweep")
+        except RunnerError as error:  # e.g. another dataset: said under the table, exit 2
+            self.gate_error = str(error)
+            notes.append(f"not compared with compare.baseline={self.gate.baseline.source}: "
+                         f"{error}")
+            return None
+        self.gate_failure = self.gate.failure(comparison)
+        notes.append(f"vs baseline {self.gate.baseline.source}: {comparison.summary()} (the "
+                     "rows and the rule below; docs/compare.md)")
+        return comparison
+
     def _close_if_stopped(self, config: DictConfig) -> None:
         if self.parent_run_id is not None and not self._closed:
             self._close(config, stopped_early=True)
@@ -256,7 +296,17 @@ class SweepCallback(Callback):
         hosts = sorted({run.data.tags.get("host", "?") for run in runs})
         title = (f"Sweep {time.strftime('%Y-%m-%d %H:%M')}: {finished} of {len(jobs)} jobs "
                  f"finished{', stopped early' if stopped_early else ''}")
-        text = report.sweep_report(jobs, title, [f"measured on {', '.join(hosts)}"])
+        notes = [f"measured on {', '.join(hosts)}"]
+        comparison = self._compare(runs, notes)
+        text = report.sweep_report(jobs, title, notes,
+                                   versus=comparison.by_run() if comparison else None)
+        if comparison is not None:
+            text += "\n" + comparison.table()
+            (out_dir / "compare.csv").write_text(comparison.csv())
+            client.log_artifact(self.parent_run_id, str(out_dir / "compare.csv"), TABLE_DIR)
+            client.set_tag(self.parent_run_id, "compare.baseline", self.gate.baseline.source)
+            client.set_tag(self.parent_run_id, "compare.verdict",
+                           "REGRESSED" if self.gate_failure else comparison.summary())
         (out_dir / "report.md").write_text(text)
         (out_dir / "table.csv").write_text(report.csv_table(jobs))
         figures = {

@@ -27,7 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from runner import environment, redact, report
+from runner import environment, memory, redact, report
 from runner.cache import check_writable
 from runner.config import MlflowConfig, RunConfig
 from runner.errors import TrackingError
@@ -166,6 +166,7 @@ PARAM_KEYS = (
     "benchmark.min_duration_s", "benchmark.repeats", "cache.force",
 )
 MAX_PARAMS = 30
+MEMORY_TAG = "peak_rss.method"  # how peak_rss_mib and peak_rss_mib_<stage> are measured
 BY_BS_METRIC = "throughput_fps_by_bs"  # throughput_fps logged at step = bs
 # config groups whose choice is a tag already (model, chip, dataset) or the `stages` tag
 GROUPS_AS_TAGS = ("model", "chip", "dataset", "stage")
@@ -248,6 +249,8 @@ _stage_records: dict[str, dict[str, Any]] = {}
 def log_stage(record: StageRecord) -> None:
     output = record.entry.output
     mlflow.log_metrics(readable(output.metrics))  # time_<stage>_s: at the end (_log_record)
+    if record.memory_metrics():  # measured now, even for a cache hit: not in the entry's metrics
+        mlflow.log_metrics(readable(record.memory_metrics()))
     _stage_records[record.name] = {"cache": "hit" if record.entry.hit else "miss",
                                    "key": record.entry.key, "seconds": record.seconds,
                                    "provenance": record.provenance}
@@ -285,7 +288,7 @@ def tracked_run(cfg: RunConfig, config_tree: dict[str, Any], run_dir: Path,
     """An active MLflow run; FINISHED on success, FAILED (KILLED on Ctrl-C) with the error.
     In a sweep, the run is nested under the sweep's parent run. `overrides`: the command line's,
     whose keys become params besides PARAM_KEYS; `choices`: the config groups' options."""
-    tags = run_tags(cfg)
+    tags = {**run_tags(cfg), MEMORY_TAG: memory.METHOD}
     if sweep is not None:
         tags["sweep.job_num"] = str(sweep.job_num)
         overrides = sweep.overrides
@@ -383,12 +386,18 @@ def ui_command(tracking_uri: str) -> str:
     return f"{program} ui --backend-store-uri {redact.text(tracking_uri)}"
 
 
+# MLflow 3's UI opens in its GenAI mode, whose start page has no runs; runs, their metrics and
+# Descriptions are its "model training" mode, which this query parameter selects
+RUNS_VIEW = "?workflowType=machine_learning"
+
+
 def run_url(tracking_uri: str, experiment: str, run_id: str) -> str:
-    """The run's page: on the tracking server, or on what `mlflow ui` serves by default."""
+    """The run's page in MLflow 3's runs view: on the tracking server, or on what `mlflow ui`
+    serves by default."""
     scheme = urlparse(tracking_uri).scheme
     base = redact.text(tracking_uri).rstrip("/") if scheme in ("http", "https") \
         else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment}/runs/{run_id}"
+    return f"{base}/#/experiments/{experiment}/runs/{run_id}{RUNS_VIEW}"
 
 
 def _log_file(run_dir: Path) -> None:
@@ -425,3 +434,17 @@ def record_invalid_config(cfg: DictConfig, error: Exception, sweep: SweepLink,
         client.set_terminated(run.info.run_id, "FAILED")
     except Exception as failure:  # the store is unusable too: the job's error line still stands
         log.warning("could not record the failed job in MLflow: %s", failure)
+
+
+def gate_run(gate: Any, run_id: str) -> None:
+    """compare.baseline on one run: its comparison printed and tagged on the run; exit status 1
+    when a figure of compare.fail_on REGRESSED (the run itself stays FINISHED)."""
+    client = MlflowClient(tracking_uri=gate.tracking_uri)
+    comparison = gate.judge([client.get_run(run_id)], run_id, "run")
+    print(comparison.table(), end="")
+    failure = gate.failure(comparison)
+    client.set_tag(run_id, "compare.baseline", gate.baseline.source)
+    client.set_tag(run_id, "compare.verdict", "REGRESSED" if failure else comparison.summary())
+    if failure:
+        print(f"runner: error: {failure}", file=sys.stderr)
+        raise SystemExit(1)

@@ -15,3 +15,9 @@ fi
 # OmegaConf and numpy from source, ~0.8 s of `python -m runner --help`. The first sync compiles
 # every package (a minute or two, once); later ones check them in 1-2 s.
 "$PYTHON" -m uv pip sync --quiet --compile-bytecode --python .venv/bin/python requirements.lock
+# the project itself, editable (`.venv/bin/runner` = `python -m runner`, the code of this checkout),
+# after the sync, which removes what the lock does not list; built by the lock's setuptools, no
+# download. editable_mode=compat: a path entry, not an import hook, so another checkout's
+# `python -m runner` (run from its own folder) still imports its own code
+"$PYTHON" -m uv pip install --quiet --no-deps --no-build-isolation --python .venv/bin/python \
+  --config-settings editable_mode=compat -e .

@@ -4,6 +4,7 @@ no browser is installed; scripts/test.sh installs one where apt-get can."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ pytestmark = [
                               "chromium-driver)"),
 ]
 # MLflow 3's UI opens in its GenAI mode; runs, their metrics and descriptions are its "model
-# training" mode, which this query parameter selects (what README's links carry)
+# training" mode, which this query parameter selects (what the printed links carry)
 MODEL_TRAINING = "?workflowType=machine_learning"
 
 
@@ -77,8 +78,10 @@ def _description_table(driver, header: list[str], timeout_s: float = 60):
 
 def test_the_sweeps_report_is_on_the_parent_runs_page(workspace: Workspace,
                                                       tmp_path: Path) -> None:
-    workspace.run("-m", "model=alexnet", "bs=1,2", "dataset=synthetic",
-                  "dataset.synthetic.num_images=8", "model.weights=random", *FAST_BENCHMARK)
+    sweep = workspace.run("-m", "model=alexnet", "bs=1,2", "dataset=synthetic",
+                          "dataset.synthetic.num_images=8", "model.weights=random",
+                          *FAST_BENCHMARK)
+    (printed,) = re.findall(r"then open (http://127\.0\.0\.1:5000/\S+)", sweep.stdout)
     runs = workspace.runs()
     (parent,) = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
     child = next(r for r in runs if r.data.tags.get("mlflow.parentRunId"))
@@ -89,8 +92,9 @@ def test_the_sweeps_report_is_on_the_parent_runs_page(workspace: Workspace,
     try:
         with mlflow_ui(workspace.tracking_uri, tmp_path) as ui:
             experiment = parent.info.experiment_id
-            driver.get(f"{ui}/#/experiments/{experiment}/runs/{parent.info.run_id}"
-                       f"{MODEL_TRAINING}")
+            # the link the sweep printed, on this test's port: it opens the runs view
+            assert printed.endswith(f"/runs/{parent.info.run_id}{MODEL_TRAINING}")
+            driver.get(printed.replace("http://127.0.0.1:5000", ui))
             shown = _description_table(driver, expected[0])
             driver.save_screenshot(str(tmp_path / "parent-run.png"))
             # every cell of the report's table, as the terminal printed it

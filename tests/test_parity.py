@@ -152,7 +152,8 @@ def test_a_breach_fails_the_cli_run_in_mlflow(workspace: Workspace) -> None:
     common = ["model=alexnet", "dataset=synthetic", "dataset.synthetic.num_images=24",
               "model.weights=random", "stage=accuracy", "bs=8"]
     workspace.run(*common)
-    result = workspace.run(*common, "parity.tolerance.fp32.max_abs_diff=1e-12", check=False)
+    result = workspace.run(*common, "parity.tolerance.fp32.max_abs_diff=1e-12",
+                           "parity.tolerance.fp32.rtol=0", check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("runner: error: parity")]
     assert "max_abs_diff" in line and "worst images: synthetic_" in line

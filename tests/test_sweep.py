@@ -287,7 +287,8 @@ def test_a_2x2_sweep_makes_a_parent_four_children_the_table_and_plots_then_resum
     assert rows[1][6] == "N/A"  # random weights on generated images: the rule does not apply
     assert "random weights; dataset synthetic (8 images) is not the whole ImageNet val" in text
     assert "mlflow ui --backend-store-uri" in first.stdout
-    assert f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}" in first.stdout
+    assert (f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
+            "?workflowType=machine_learning") in first.stdout
 
     # the same command again, resuming: every stage of every job comes from the cache, the
     # measurements too, as asked, each naming the run that measured it

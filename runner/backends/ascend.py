@@ -1,10 +1,10 @@
 """The Ascend toolchain outside Python: the CANN environment, `npu-smi info` and `atc`.
 
-Facts used (from CANN's documentation and the Ascend ModelZoo guides' steps): CANN's `set_env.sh` exports
-ASCEND_HOME_PATH / ASCEND_TOOLKIT_HOME and puts `atc` on PATH; the toolkit's version is the
-`version=` line of `<home>/<arch>-linux/ascend_toolkit_install.info`; `npu-smi info` prints a
-table whose `Name` column (e.g. `310P3`) prefixed with `Ascend` is the atc soc_version; atc
-prints `ATC run success` and writes `<--output>.om`.
+Facts used (from CANN's documentation and the Ascend ModelZoo guides' steps): CANN's
+`set_env.sh` exports ASCEND_HOME_PATH / ASCEND_TOOLKIT_HOME and puts `atc` on PATH; the
+toolkit's version is the `version=` line of `<home>/<arch>-linux/ascend_toolkit_install.info`;
+`npu-smi info` prints a table whose `Name` column (e.g. `310P3`) prefixed with `Ascend` is the
+atc soc_version; atc prints `ATC run success` and writes `<--output>.om`.
 """
 
 from __future__ import annotations

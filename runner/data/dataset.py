@@ -1,4 +1,17 @@
-"""ImageNet val in the guides' layout: `<root>/<images>/*.JPEG` + `<root>/<labels>`."""
+"""ImageNet val as people keep it (`dataset.layout`).
+
+`guide`: the Ascend guides' layout, `<root>/<images>/*.JPEG` + `<root>/<labels>` (lines
+`<file name> <0-based class>`). `folders`: torchvision's ImageFolder layout,
+`<root>/<images>/<wnid>/*.JPEG`, each folder one class named by its wnid; the class is the wnid's
+index in the standard ImageNet-1k order (the sorted 1000 wnids, `imagenet_wnids.txt`, or the
+root's own `synsets.txt`), never a renumbering of the folders present, so a subset keeps its
+labels. `torchvision`: a root where `torchvision.datasets.ImageNet` extracted its archives,
+read as folders. `auto` tells guide and folders apart from what the root holds.
+
+An image is its file name in every layout (the wnid folder is no part of it): the listing is
+sorted by file name, and the dataset's fingerprint (the preprocess key) is made of each image's
+name, label, size and mtime, so the same files give the same key in either layout.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +24,20 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.cache import digest_file, digest_json
+from runner.cache import digest_json
 from runner.config import DatasetConfig, ModelConfig, RunConfig, SyntheticConfig
 from runner.data import synthetic
 from runner.errors import DatasetError
 from runner.settings import runtime_only
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp")
+GUIDE, FOLDERS, TORCHVISION = "guide", "folders", "torchvision"
+# the standard 1000 ImageNet-1k wnids, sorted: a wnid's line number is its 0-based class
+WNIDS_FILE = Path(__file__).with_name("imagenet_wnids.txt")
+ROOT_SYNSETS = "synsets.txt"  # a root's own class list, one "<wnid> [name]" per line, if any
+# what torchvision.datasets.ImageNet(root, split="val") reads, and writes when it extracts them
+TORCHVISION_ARCHIVES = ("ILSVRC2012_devkit_t12.tar.gz", "ILSVRC2012_img_val.tar")
+TORCHVISION_META = "meta.bin"
 
 log = logging.getLogger("runner")
 
@@ -130,8 +150,228 @@ def list_samples(cfg: DatasetConfig, model: ModelConfig | None = None) -> list[S
     With `model`, labels are checked against its classes (label + class_offset < num_classes).
     """
     num_classes = None if model is None else model.num_classes - model.class_offset
-    return _list_samples(dataset_root(cfg), cfg.images, cfg.labels, num_classes,
-                         cfg.on_mismatch, cfg.limit)
+    root = dataset_root(cfg)
+    layout = resolve_layout(root, cfg.images, cfg.labels, cfg.layout)
+    if layout.name == FOLDERS:
+        return _list_folders(root, cfg.images, num_classes, cfg.limit)
+    return _list_samples(root, cfg.images, cfg.labels, num_classes, cfg.on_mismatch, cfg.limit)
+
+
+# --- which layout a root holds ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str  # guide | folders: how the images are listed
+    reason: str  # why, in words (the INFO line of dataset.layout=auto)
+
+
+def _is_image(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as scan:
+            return sorted(scan, key=lambda e: e.name)
+    except OSError as error:
+        raise DatasetError(f"folder {folder} cannot be read ({error.strerror})") from None
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _found(root: Path) -> str:
+    """What a root holds, for an error that says no layout fits it."""
+    if not root.exists():
+        return "nothing (it does not exist)"
+    if not root.is_dir():
+        return "nothing (it is not a folder)"
+    try:
+        entries = _entries(root)
+    except DatasetError:
+        return "nothing readable"
+    if not entries:
+        return "nothing (an empty folder)"
+    names = [e.name + ("/" if _is_dir(e) else "") for e in entries]
+    return _examples([_shown(n) for n in names])
+
+
+def _layouts_accepted(images: str, labels: str) -> str:
+    return (f"dataset.layout=auto accepts guide ({images}/*.JPEG and {labels}) or folders "
+            f"({images}/<wnid>/*.JPEG)")
+
+
+def _torchvision_hint(root: Path) -> str:
+    if any((root / name).is_file() for name in TORCHVISION_ARCHIVES):
+        return (f"; for torchvision's archives ({', '.join(TORCHVISION_ARCHIVES)}) pass "
+                "dataset.layout=torchvision")
+    return ""
+
+
+def resolve_layout(root: Path, images: str, labels: str, layout: str) -> Layout:
+    """The layout `root` is read in: `layout` itself, or for `auto` the one the root holds
+    (logged, one INFO line); a DatasetError when none fits, before any work."""
+    if layout in (GUIDE, FOLDERS):
+        return Layout(layout, f"dataset.layout={layout}")
+    if layout == TORCHVISION:
+        found = _torchvision_layout(root, images)
+        log.info("dataset.layout=torchvision: %s, read as folders (%s)", root, found.reason)
+        return found
+    found = _auto_layout(root, images, labels)
+    log.info("dataset.layout=auto: %s is the %s layout (%s)", root, found.name, found.reason)
+    return found
+
+
+def _auto_layout(root: Path, images: str, labels: str) -> Layout:
+    image_dir, label_file = root / images, root / labels
+    accepted = _layouts_accepted(images, labels) + _torchvision_hint(root)
+    if not image_dir.is_dir() and label_file.exists():
+        # stage=score reads the label file alone: a root may hold no images
+        return Layout(GUIDE, f"{labels} is there, without {images}/")
+    if not image_dir.is_dir():
+        raise DatasetError(f"image folder {image_dir} does not exist: check dataset.root={root}, "
+                           f"which holds {_found(root)}; {accepted}")
+    entries = _entries(image_dir)
+    direct = [e.name for e in entries if _is_image(e.name)]
+    folders = [e.name for e in entries if not _is_image(e.name) and _is_dir(e)]
+    has_labels = label_file.exists()
+    if direct:
+        where = f"{labels} is there" if has_labels else f"but {labels} is missing"
+        return Layout(GUIDE, f"{images}/ holds {len(direct)} images directly, {where}")
+    if folders:
+        return Layout(FOLDERS, f"{images}/ holds {len(folders)} class folders (e.g. "
+                               f"{_shown(folders[0])}) and no image directly")
+    if has_labels:
+        return Layout(GUIDE, f"{labels} is there, though {images}/ holds no image")
+    raise DatasetError(f"dataset.root={root} holds neither layout: {images}/ holds no image and "
+                       f"no class folder, and {labels} is missing (the root holds "
+                       f"{_found(root)}); {accepted}")
+
+
+def _torchvision_layout(root: Path, images: str) -> Layout:
+    """torchvision.datasets.ImageNet(root, split="val") extracts ILSVRC2012_img_val.tar into
+    `<root>/val/<wnid>/` (and the devkit's labels into meta.bin): after that it is the folders
+    layout. A run never writes into the dataset root (a key costs no work), so extracting is
+    left to torchvision, once, by the command the error gives."""
+    if images != "val":
+        raise DatasetError(f"dataset.layout=torchvision reads {root}/val, where "
+                           f"torchvision.datasets.ImageNet extracts the val images: leave "
+                           f"dataset.images=val (not {images!r})")
+    if (root / TORCHVISION_META).is_file() and (root / images).is_dir():
+        return Layout(FOLDERS, f"{TORCHVISION_META} and {images}/ are there: "
+                               "torchvision.datasets.ImageNet extracted its archives")
+    archives = [name for name in TORCHVISION_ARCHIVES if (root / name).is_file()]
+    if len(archives) == len(TORCHVISION_ARCHIVES):
+        raise DatasetError(
+            f"dataset.layout=torchvision: {root} holds {' and '.join(archives)}, not yet "
+            f"extracted (a run never writes into the dataset root): extract them once with "
+            f"python -c \"from torchvision.datasets import ImageNet; ImageNet({str(root)!r}, "
+            f"split='val')\" (it checks their md5 and writes val/<wnid>/ and "
+            f"{TORCHVISION_META}), then run again"
+        )
+    raise DatasetError(
+        f"dataset.layout=torchvision: {root} holds neither torchvision's extracted val images "
+        f"({TORCHVISION_META} and val/<wnid>/) nor both its archives "
+        f"({', '.join(TORCHVISION_ARCHIVES)}): found {_found(root)}"
+    )
+
+
+# --- the folders layout -----------------------------------------------------------------------
+
+
+def class_list(root: Path) -> tuple[dict[str, int], str]:
+    """`{wnid: class}` and where it comes from: the root's own synsets.txt if it has one, else
+    the standard ImageNet-1k order (the sorted 1000 wnids: what torchvision and the guides use)."""
+    own = root / ROOT_SYNSETS
+    path = own if own.is_file() else WNIDS_FILE
+    source = str(own) if path == own else "the ImageNet-1k wnids"
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetError(f"class list {path} cannot be read ({error})") from None
+    classes: dict[str, int] = {}
+    for number, line in enumerate(lines, start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] in classes:
+            raise DatasetError(f"{path}:{number}: {_shown(parts[0])} is listed again: a class "
+                               "list names each wnid once")
+        classes[parts[0]] = len(classes)
+    if not classes:
+        raise DatasetError(f"class list {path} names no class")
+    return classes, source
+
+
+def _list_folders(root: Path, images: str, num_classes: int | None,
+                  limit: int | None) -> list[Sample]:
+    """`<root>/<images>/<wnid>/*` in natural file-name order, each labelled with its wnid's
+    class in the class list; the name of an image is its file name alone."""
+    image_dir = root / images
+    if not image_dir.is_dir():
+        raise DatasetError(
+            f"image folder {image_dir} does not exist: check dataset.root={root} (the folder "
+            f"holding {images}/<wnid>/) and dataset.images"
+        )
+    classes, source = class_list(root)
+    entries = _entries(image_dir)
+    direct = [e.name for e in entries if _is_image(e.name)]
+    if direct:
+        raise DatasetError(
+            f"{image_dir}: {len(direct)} images lie directly in {images}/, outside any class "
+            f"folder (e.g. {_examples(direct)}): dataset.layout=folders reads "
+            f"{images}/<wnid>/*.JPEG; with a label file pass dataset.layout=guide"
+        )
+    folders = [e for e in entries if _is_dir(e)]
+    unknown = [e.name for e in folders if e.name not in classes]
+    if unknown:
+        more = f" (and {len(unknown) - 1} more: {_examples(unknown[1:])})" if unknown[1:] else ""
+        raise DatasetError(
+            f"folder {image_dir / unknown[0]} is not a class: {_shown(unknown[0])} is not a wnid "
+            f"of {source}{more}; in dataset.layout=folders each folder of {images}/ is one "
+            "class named by its wnid (e.g. n01440764): remove or rename it"
+        )
+    samples: list[Sample] = []
+    folder_of: dict[str, str] = {}
+    for folder in folders:
+        for entry in _entries(Path(folder.path)):
+            if not _is_image(entry.name):
+                continue
+            if entry.name in folder_of:
+                raise DatasetError(
+                    f"{image_dir}: {_shown(entry.name)} is in both {folder_of[entry.name]}/ and "
+                    f"{folder.name}/: an image is named by its file name (in reports and result "
+                    "files), so names must be unique across class folders"
+                )
+            folder_of[entry.name] = folder.name
+            samples.append(Sample(entry.name, Path(entry.path), classes[folder.name]))
+    if not samples:
+        raise DatasetError(
+            f"image folder {image_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}) in its "
+            f"{len(folders)} class folders: check dataset.root and dataset.images"
+        )
+    samples.sort(key=lambda s: natural_key(s.name))
+    if num_classes is not None:
+        outside = [f"{folder_of[s.name]}/ (class {s.label})" for s in samples
+                   if s.label >= num_classes]
+        if outside:
+            raise DatasetError(
+                f"{image_dir}: {len(outside)} images in class folders outside 0..{num_classes - 1},"
+                f" the classes of the model (e.g. {_examples(sorted(set(outside)))}): the "
+                "folders do not fit model.num_classes / model.class_offset"
+            )
+    if limit is not None:
+        samples = samples[:limit]
+    _refuse_non_regular(samples)
+    return samples
+
+
+# --- the guide layout -------------------------------------------------------------------------
 
 
 def _list_samples(root: Path, images: str, labels_name: str, num_classes: int | None,
@@ -213,18 +453,18 @@ def _refuse_non_regular(samples: list[Sample]) -> None:
         )
 
 
-def fingerprint(cfg: DatasetConfig, samples: list[Sample]) -> str:
-    """Identity of the dataset's content: label file hash and each image's name, size and mtime.
+def fingerprint(samples: list[Sample]) -> str:
+    """Identity of the dataset's content: each listed image's file name, label, size and mtime,
+    in listing order.
 
     Hashing 50,000 JPEGs on every run would cost minutes; (size, mtime) is what make and rsync
-    trust for the same question.
+    trust for the same question. Nothing of the layout is in it (not the label file, which
+    beyond the listed images' labels cannot change the output, nor an image's wnid folder): the
+    same files, moved from one layout to the other keeping their mtimes (mv, cp -p, rsync -a,
+    hard links), are the same dataset.
     """
-    return _fingerprint(dataset_root(cfg) / cfg.labels, samples)
-
-
-def _fingerprint(label_file: Path, samples: list[Sample]) -> str:
     stats = [(s.name, s.label, *_size_and_mtime(s.path)) for s in samples]
-    return digest_json({"labels": digest_file(label_file), "images": stats})
+    return digest_json({"images": stats})
 
 
 def _size_and_mtime(path: Path) -> tuple[int, int]:
@@ -247,35 +487,49 @@ class DatasetSpec:
     root: str = runtime_only()  # where it is: the fingerprint says what it is
     images: str = runtime_only()
     labels: str = runtime_only()
+    layout: str = runtime_only(GUIDE)  # guide | folders, resolved: how it is listed
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> DatasetSpec:
-        data = cfg.dataset
-        root = dataset_root(data)
-        label_classes = cfg.model.num_classes - cfg.model.class_offset
-        spec = cls(name=data.name, limit=data.limit, on_mismatch=data.on_mismatch,
-                   label_classes=label_classes, synthetic=copy.deepcopy(data.synthetic),
-                   fingerprint=None, root=str(root), images=data.images, labels=data.labels)
+        spec = cls.for_labels(cfg)
         if spec.synthetic is not None:
             return spec
         # listing checks the folder, the label file and the labels' range, before any work
-        return dataclasses.replace(spec, fingerprint=_fingerprint(spec.label_file,
-                                                                  spec._list()))
+        return dataclasses.replace(spec, fingerprint=fingerprint(spec._list()))
 
     @classmethod
     def for_labels(cls, cfg: RunConfig) -> DatasetSpec:
-        """The dataset as its label file alone (stage=score reads no image): no listing."""
+        """The dataset with its layout resolved (stage=score reads its labels, no image)."""
         data = cfg.dataset
+        root = dataset_root(data)
+        layout = GUIDE  # a synthetic dataset is generated in the guide layout
+        if data.synthetic is None:
+            layout = resolve_layout(root, data.images, data.labels, data.layout).name
         return cls(name=data.name, limit=data.limit, on_mismatch=data.on_mismatch,
                    label_classes=cfg.model.num_classes - cfg.model.class_offset,
                    synthetic=copy.deepcopy(data.synthetic), fingerprint=None,
-                   root=str(dataset_root(data)), images=data.images, labels=data.labels)
+                   root=str(root), images=data.images, labels=data.labels, layout=layout)
 
     @property
     def label_file(self) -> Path:
         return Path(self.root) / self.labels
 
+    @property
+    def label_source(self) -> Path:
+        """Where the labels are read: the label file, or the folder of class folders."""
+        return Path(self.root) / self.images if self.layout == FOLDERS else self.label_file
+
+    def labels_by_name(self) -> dict[str, int]:
+        """`{image file name: class}` of every image the layout labels (no limit, no image
+        opened): the label file's lines, or the class folders' images."""
+        if self.layout == FOLDERS:
+            return {s.name: s.label for s in _list_folders(Path(self.root), self.images,
+                                                           self.label_classes, None)}
+        return read_labels(self.label_file)
+
     def _list(self) -> list[Sample]:
+        if self.layout == FOLDERS:
+            return _list_folders(Path(self.root), self.images, self.label_classes, self.limit)
         return _list_samples(Path(self.root), self.images, self.labels, self.label_classes,
                              self.on_mismatch, self.limit)
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from runner.accuracy import topk_accuracy
 from runner.artifacts import write_metrics_json
-from runner.cache import StageOutput, digest_file, digest_json
+from runner.cache import StageOutput, digest_json
 from runner.config import RunConfig, SyntheticConfig
 from runner.data import aisbench_files, dataset
 from runner.data.dataset import DatasetSpec
@@ -34,12 +34,13 @@ class Settings:
     results: str  # the folder of ais_bench result files
     format: str  # their format, resolved from `auto`
     results_fingerprint: str  # names, sizes and mtimes, as a dataset's fingerprint
-    labels_digest: str | None  # the label file's; None for a synthetic dataset ...
-    synthetic: SyntheticConfig | None  # ... whose generator's settings are its identity
+    # the labels' ({image: class}, sorted, whichever the layout); None for a synthetic dataset
+    labels_digest: str | None
+    synthetic: SyntheticConfig | None  # whose generator's settings are its identity
     on_mismatch: str  # result files without a label, labels without a file: stop or skip
     num_classes: int
     class_offset: int
-    dataset: DatasetSpec = runtime_only()  # where the label file is (generated if synthetic)
+    dataset: DatasetSpec = runtime_only()  # where the labels are (generated if synthetic)
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> Settings:
@@ -54,8 +55,8 @@ class Settings:
         spec = DatasetSpec.for_labels(cfg)  # the labels only: score reads no image
         labels_digest = None
         if spec.synthetic is None:
-            dataset.read_labels(spec.label_file)  # a missing or malformed file fails here
-            labels_digest = digest_file(spec.label_file)
+            # a missing or malformed label file, or an unknown class folder, fails here
+            labels_digest = digest_json(sorted(spec.labels_by_name().items()))
         return cls(str(folder), fmt, digest_json(stats), labels_digest, spec.synthetic,
                    spec.on_mismatch, cfg.model.num_classes, cfg.model.class_offset,
                    dataset=spec)
@@ -69,9 +70,9 @@ def run(settings: Settings, inputs: dict[str, Path], out_dir: Path) -> StageOutp
     folder = Path(settings.results)
     files, fmt = aisbench_files.find_results(folder, settings.format)
     settings.dataset.ensure()  # a synthetic dataset's label file is generated with its images
-    label_file = settings.dataset.label_file
+    label_file = settings.dataset.label_source
     labels = {aisbench_files.image_stem(name): label
-              for name, label in dataset.read_labels(label_file).items()}
+              for name, label in settings.dataset.labels_by_name().items()}
     unlabelled = sorted(s for s in files if s not in labels)
     missing = sorted(s for s in labels if s not in files)
     if (unlabelled or missing) and settings.on_mismatch == "stop":

@@ -1,0 +1,122 @@
+"""How often `python -m runner compare` cries wolf, and how often it catches a real slowdown.
+
+False alarms: N pairs of identical short runs back to back (the CLI, one fresh process each,
+stage=performance: export and convert from the cache, the benchmark measured anew), each pair
+compared; a pair counts when every figure is SAME (INVALID rows, a busy machine's, are counted
+apart: the rule does not judge them). Detection: N pairs whose candidate has half the baseline's
+intra-op threads (chip.threads), counted when throughput_fps is REGRESSED. Both rates print with
+the load average (os.getloadavg) before and after each half.
+
+    python -m benchmarks.compare_noise --pairs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from benchmarks import common
+from runner import compare
+from runner.config import PROJECT_ROOT
+
+
+def one_run(work: Path, args: argparse.Namespace, threads: int) -> str:
+    """One CLI run into the store under `work`; its run id."""
+    db = work / "mlflow.db"
+    command = [sys.executable, "-m", "runner", f"model={args.model}", f"bs={args.bs}",
+               "dataset=synthetic", "model.weights=random", "stage=performance",
+               "debug=quick_benchmark", f"benchmark.min_iters={args.min_iters}",
+               f"chip.threads={threads}", f"paths.cache_dir={args.cache_dir}",
+               f"mlflow.tracking_uri=sqlite:///{db}", f"mlflow.artifact_location={work}/mlruns",
+               f"hydra.run.dir={work}/runs/${{now:%H-%M-%S-%f}}"]
+    done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"runner failed ({done.returncode}): {done.stderr[-2000:]}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name("runner")
+    assert experiment is not None
+    (latest,) = client.search_runs([experiment.experiment_id], order_by=["start_time DESC"],
+                                   max_results=1)
+    return latest.info.run_id
+
+
+def pair(work: Path, args: argparse.Namespace, threads: tuple[int, int]) -> compare.Comparison:
+    baseline, candidate = (one_run(work, args, t) for t in threads)
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    return compare.compare(compare.load_side(baseline, "baseline", client),
+                           compare.load_side(candidate, "candidate", client))
+
+
+def load() -> str:
+    return "/".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=20, help="pairs of each kind (N)")
+    parser.add_argument("--model", default="alexnet")
+    parser.add_argument("--bs", type=int, default=4)
+    parser.add_argument("--min-iters", type=int, default=20,
+                        help="benchmark.min_iters of every run (debug=quick_benchmark's 5 "
+                        "gives one call per window)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2,
+                        help="the baseline's chip.threads; the slower candidate has half")
+    parser.add_argument("--cache-dir", default=str(PROJECT_ROOT / "outputs" / "cache"))
+    args = parser.parse_args()
+    if args.pairs < 1 or args.threads < 2:
+        raise SystemExit("--pairs must be >= 1 and --threads >= 2 (half of it is the candidate's)")
+    half = args.threads // 2
+    rule = compare.Rule()
+    common.header(f"compare's false-alarm and detection rates, {args.pairs} pairs each", [
+        f"{args.model} bs {args.bs}, dataset=synthetic, model.weights=random, stage=performance, "
+        f"debug=quick_benchmark with benchmark.min_iters={args.min_iters}; one CLI process a run",
+        f"rule: {rule.text()}",
+        f"identical: chip.threads={args.threads} twice; slower: {args.threads} then {half}",
+    ])
+    common.make(common.run_config(f"model={args.model}", f"bs={args.bs}", "dataset=synthetic",
+                                  "model.weights=random", f"paths.cache_dir={args.cache_dir}"),
+                ["export", "convert"])  # made once, not in the first pair's time
+    with tempfile.TemporaryDirectory(prefix="compare-noise-") as folder:
+        work = Path(folder)
+        before = load()
+        same = invalid = alarms = 0
+        for n in range(args.pairs):
+            counts = pair(work, args, (args.threads, args.threads)).counts()
+            same += counts[compare.SAME] == sum(counts.values())
+            invalid += counts[compare.INVALID] > 0
+            alarms += counts[compare.REGRESSED] + counts[compare.IMPROVED] + counts[
+                compare.UNMATCHED] > 0
+            print(f"  identical pair {n + 1}: {compare_line(counts)}  load {load()}", flush=True)
+        identical_load = f"{before} -> {load()}"
+        before = load()
+        caught = slow_invalid = 0
+        for n in range(args.pairs):
+            result = pair(work, args, (args.threads, half))
+            (row,) = [r for r in result.rows if r.figure == "throughput_fps"]
+            caught += row.verdict == compare.REGRESSED
+            slow_invalid += row.verdict == compare.INVALID
+            print(f"  half-threads pair {n + 1}: throughput {row.change} (band {row.band}) "
+                  f"{row.verdict}  load {load()}", flush=True)
+        slower_load = f"{before} -> {load()}"
+    print(f"false alarms: {alarms}/{args.pairs} identical pairs ({alarms / args.pairs:.0%}) "
+          f"had a figure IMPROVED/REGRESSED/UNMATCHED; SAME on every figure {same}/{args.pairs} "
+          f"({same / args.pairs:.0%}); pairs with INVALID rows {invalid}; load average "
+          f"(1/5/15 min) {identical_load}")
+    print(f"detection: throughput REGRESSED in {caught}/{args.pairs} half-thread pairs "
+          f"({caught / args.pairs:.0%}); INVALID {slow_invalid}; load average {slower_load}")
+
+
+def compare_line(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {v}" for v, n in counts.items() if n)
+
+
+if __name__ == "__main__":
+    main()
