@@ -120,7 +120,7 @@ def cpu_since(mark: tuple[float, float], *who: int) -> tuple[float, float]:
 
 def read_once(paths: Iterable[Path]) -> int:
     """Read every file once, so that a pass timed next finds them in the page cache (this VM
-    evicts idle file pages within minutes, README); their bytes."""
+    evicts idle file pages within minutes, docs/results.md); their bytes."""
     return sum(len(path.read_bytes()) for path in paths)
 
 

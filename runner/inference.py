@@ -37,7 +37,7 @@ def default_prefetch(device_type: str, threads: int) -> int:
     On the CPU the loader thread competes with the runtime's intra-op threads for the same cores:
     overlapping can save at most half the normalize time, and a parallel operator waits for its
     preempted thread; measured on 2 cores, the pipelined InceptionV4 pass was 2-5% below the
-    serial one (README, benchmarks/e2e_vs_inference)."""
+    serial one (docs/results.md, benchmarks/e2e_vs_inference)."""
     cores = os.cpu_count() or 1
     if device_type == "cpu" and (threads == 0 or threads >= cores):
         return 0

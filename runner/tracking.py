@@ -363,7 +363,7 @@ def _describe(cfg: RunConfig, run_id: str, sweep: SweepLink | None) -> list[str]
         mlflow.log_metrics(comparison.metrics())
     if "throughput_fps" in data.metrics:
         # the same figure at step = bs: MLflow's line chart (x: step) of runs grouped by model
-        # is then throughput against batch size, one line per model (README, Sweeps)
+        # is then throughput against batch size, one line per model (docs/tracking.md)
         mlflow.log_metric(BY_BS_METRIC, data.metrics["throughput_fps"], step=cfg.bs)
     if comparison.deltas is not None:
         mlflow.set_tag(report.ACCURACY_TAG, comparison.accuracy)

@@ -2,8 +2,8 @@
 
 Each case runs real CLI processes against a real MLflow SQLite store in a scratch folder and
 prints one line: PASS/FAIL, the case, exit code, run status, seconds, and the error line (or
-what went wrong). The counts come last. A case passes when the runner behaves as README's
-"Errors, interruption and safety" says: an error is one line `runner: error: ...` on stderr with
+what went wrong). The counts come last. A case passes when the runner behaves as
+docs/errors-and-safety.md says: an error is one line `runner: error: ...` on stderr with
 exit 1 and no traceback, a recoverable damage is a warning and a FINISHED run, no secret is in any
 file or output, nothing hangs (every process has a time limit), no worker outlives a kill -9.
 

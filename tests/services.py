@@ -168,7 +168,7 @@ def mlflow_server(root: Path) -> Iterator[str]:
 
 @contextmanager
 def mlflow_ui(backend_store_uri: str, root: Path) -> Iterator[str]:
-    """`mlflow ui` on a store, as README tells users to run it; yields its http:// address."""
+    """`mlflow ui` on a store, as README.md tells users to run it; yields its http:// address."""
     with _mlflow_serving(["ui", "--backend-store-uri", backend_store_uri],
                          root / "mlflow-ui.log", "mlflow ui") as uri:
         yield uri

@@ -1,6 +1,6 @@
 """The benchmark scripts run: each one, shrunk to seconds, prints its table.
 
-They are not timed here (figures come from running them on a quiet machine, see the README);
+They are not timed here (figures come from running them on a quiet machine, see docs/results.md);
 this only keeps them working as the code they drive changes (`preprocess_speed` once read a
 class from a module it had left).
 """

@@ -111,7 +111,7 @@ def test_the_sweeps_report_is_on_the_parent_runs_page(workspace: Workspace,
                                                        "difference"]
             assert summary[2][1:3] == ["56.527", "79.068"]
 
-            # README's compare view: the runs grouped by model, the chart of throughput_fps_by_bs
+            # docs/tracking.md's view: the runs grouped by model, the chart of throughput_fps_by_bs
             # (throughput_fps at step = bs): one line per model across the batch sizes
             driver.get(f"{ui}/#/experiments/{experiment}/runs{MODEL_TRAINING}")
             _click(driver, "//button[contains(., 'Group by')]")
