@@ -1,11 +1,12 @@
 """How often `python -m runner compare` cries wolf, and how often it catches a real slowdown.
 
-False alarms: N pairs of identical short runs back to back (the CLI, one fresh process each,
-stage=performance: export and convert from the cache, the benchmark measured anew), each pair
-compared; a pair counts when every figure is SAME (INVALID rows, a busy machine's, are counted
-apart: the rule does not judge them). Detection: N pairs whose candidate has half the baseline's
-intra-op threads (chip.threads), counted when throughput_fps is REGRESSED. Both rates print with
-the load average (os.getloadavg) before and after each half.
+False alarms: N pairs of identical runs back to back (the CLI, one fresh process each,
+stage=performance: export and convert from the cache, the benchmark measured anew with the
+default benchmark.* settings users run, unless --quick), each pair compared; a pair counts when
+every figure is SAME (INVALID rows, a busy machine's, are counted apart: the rule does not judge
+them), and each false alarm names the figure and verdict behind it. Detection: N pairs whose
+candidate has half the baseline's intra-op threads (chip.threads), counted when throughput_fps is
+REGRESSED. Both rates print with the load average (os.getloadavg) before and after each half.
 
     python -m benchmarks.compare_noise --pairs 20
 """
@@ -17,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -25,14 +27,15 @@ from benchmarks import common
 from runner import compare
 from runner.config import PROJECT_ROOT
 
+ALARMS = (compare.REGRESSED, compare.IMPROVED, compare.UNMATCHED)
+
 
 def one_run(work: Path, args: argparse.Namespace, threads: int) -> str:
     """One CLI run into the store under `work`; its run id."""
     db = work / "mlflow.db"
     command = [sys.executable, "-m", "runner", f"model={args.model}", f"bs={args.bs}",
                "dataset=synthetic", "model.weights=random", "stage=performance",
-               "debug=quick_benchmark", f"benchmark.min_iters={args.min_iters}",
-               f"chip.threads={threads}", f"paths.cache_dir={args.cache_dir}",
+               *args.benchmark, f"chip.threads={threads}", f"paths.cache_dir={args.cache_dir}",
                f"mlflow.tracking_uri=sqlite:///{db}", f"mlflow.artifact_location={work}/mlruns",
                f"hydra.run.dir={work}/runs/${{now:%H-%M-%S-%f}}"]
     done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True,
@@ -64,9 +67,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=20, help="pairs of each kind (N)")
     parser.add_argument("--model", default="alexnet")
     parser.add_argument("--bs", type=int, default=4)
-    parser.add_argument("--min-iters", type=int, default=20,
-                        help="benchmark.min_iters of every run (debug=quick_benchmark's 5 "
-                        "gives one call per window)")
+    parser.add_argument("--quick", action="store_true",
+                        help="debug=quick_benchmark with benchmark.min_iters=20 (shorter, "
+                        "noisier) instead of the default benchmark.* settings")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2,
                         help="the baseline's chip.threads; the slower candidate has half")
     parser.add_argument("--cache-dir", default=str(PROJECT_ROOT / "outputs" / "cache"))
@@ -74,10 +77,11 @@ def main() -> None:
     if args.pairs < 1 or args.threads < 2:
         raise SystemExit("--pairs must be >= 1 and --threads >= 2 (half of it is the candidate's)")
     half = args.threads // 2
+    args.benchmark = ["debug=quick_benchmark", "benchmark.min_iters=20"] if args.quick else []
     rule = compare.Rule()
     common.header(f"compare's false-alarm and detection rates, {args.pairs} pairs each", [
         f"{args.model} bs {args.bs}, dataset=synthetic, model.weights=random, stage=performance, "
-        f"debug=quick_benchmark with benchmark.min_iters={args.min_iters}; one CLI process a run",
+        f"{' '.join(args.benchmark) or 'the default benchmark.* settings'}; one CLI process a run",
         f"rule: {rule.text()}",
         f"identical: chip.threads={args.threads} twice; slower: {args.threads} then {half}",
     ])
@@ -88,13 +92,18 @@ def main() -> None:
         work = Path(folder)
         before = load()
         same = invalid = alarms = 0
+        behind: Counter[str] = Counter()  # "throughput_fps IMPROVED" -> pairs
         for n in range(args.pairs):
-            counts = pair(work, args, (args.threads, args.threads)).counts()
+            result = pair(work, args, (args.threads, args.threads))
+            counts = result.counts()
             same += counts[compare.SAME] == sum(counts.values())
             invalid += counts[compare.INVALID] > 0
-            alarms += counts[compare.REGRESSED] + counts[compare.IMPROVED] + counts[
-                compare.UNMATCHED] > 0
-            print(f"  identical pair {n + 1}: {compare_line(counts)}  load {load()}", flush=True)
+            wrong = [r for r in result.rows if r.verdict in ALARMS]
+            alarms += bool(wrong)
+            behind.update({f"{r.figure} {r.verdict}" for r in wrong})
+            why = "; ".join(f"{r.figure} {r.verdict} {r.change} (band {r.band})" for r in wrong)
+            print(f"  identical pair {n + 1}: {compare_line(counts)}"
+                  + (f"  false alarm: {why}" if why else "") + f"  load {load()}", flush=True)
         identical_load = f"{before} -> {load()}"
         before = load()
         caught = slow_invalid = 0
@@ -107,7 +116,9 @@ def main() -> None:
                   f"{row.verdict}  load {load()}", flush=True)
         slower_load = f"{before} -> {load()}"
     print(f"false alarms: {alarms}/{args.pairs} identical pairs ({alarms / args.pairs:.0%}) "
-          f"had a figure IMPROVED/REGRESSED/UNMATCHED; SAME on every figure {same}/{args.pairs} "
+          f"had a figure IMPROVED/REGRESSED/UNMATCHED"
+          + (f" ({', '.join(f'{k} in {n}' for k, n in behind.most_common())})" if behind else "")
+          + f"; SAME on every figure {same}/{args.pairs} "
           f"({same / args.pairs:.0%}); pairs with INVALID rows {invalid}; load average "
           f"(1/5/15 min) {identical_load}")
     print(f"detection: throughput REGRESSED in {caught}/{args.pairs} half-thread pairs "

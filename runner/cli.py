@@ -109,7 +109,7 @@ def run_job(cfg: DictConfig) -> dict[str, float]:
             from runner.compare import Gate
 
             gate = Gate.setup(run_cfg.compare.baseline, run_cfg.compare.fail_on,
-                              run_cfg.mlflow.tracking_uri)
+                              run_cfg.mlflow.tracking_uri, run_cfg.compare.strict)
     except RunnerError as error:
         if link is not None:  # so the sweep's table lists it with the other jobs
             from runner import tracking

@@ -166,6 +166,14 @@ class Comparison:
     def regressed(self, fail_on: Sequence[str] = FIGURE_NAMES) -> list[Row]:
         return [r for r in self.rows if r.verdict == REGRESSED and r.figure in fail_on]
 
+    def failing(self, fail_on: Sequence[str] = FIGURE_NAMES, strict: bool = False) -> list[Row]:
+        """The rows that fail a gate: REGRESSED ones of fail_on; with strict, INVALID and
+        UNMATCHED ones too (a figure that could not be judged does not pass; '*' is a run
+        found on one side only)."""
+        unjudged = (INVALID, UNMATCHED) if strict else ()
+        return [r for r in self.rows if (r.verdict == REGRESSED and r.figure in fail_on)
+                or (r.verdict in unjudged and (r.figure in fail_on or r.figure == "*"))]
+
     def by_run(self) -> dict[str, str]:
         """The worst verdict of each candidate run's rows (a sweep report's column)."""
         worst: dict[str, str] = {}
@@ -536,7 +544,7 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m runner compare",
                 description="Compare a candidate with a baseline beyond the noise the runs "
                 "measured (docs/compare.md). Exit status: 0 nothing REGRESSED, 1 something "
-                "did (--fail-on), 2 bad input.")
+                "did (--fail-on; with --strict also INVALID or UNMATCHED), 2 bad input.")
     p.add_argument("baseline", help="run id, sweep parent run id, or results JSON "
                    "(FILE or FILE#baseline)")
     p.add_argument("candidate", help="the same kinds as baseline")
@@ -547,6 +555,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default=EXPERIMENT, help="the comparison run's experiment")
     p.add_argument("--fail-on", default=",".join(FIGURE_NAMES), metavar="FIGURE,...",
                    help=f"figures whose REGRESSED exits 1 (default all: {','.join(FIGURE_NAMES)})")
+    p.add_argument("--strict", action="store_true", help="exit 1 also when a figure of "
+                   "--fail-on is INVALID (a busy machine's benchmark) or UNMATCHED (on one side "
+                   "only): nothing passes unjudged")
     p.add_argument("--k", type=float, default=Rule.k, help="times the combined noise (default "
                    f"{Rule.k:g})")
     p.add_argument("--min-effect", type=float, default=Rule.min_effect,
@@ -594,8 +605,15 @@ def check_options(args: argparse.Namespace) -> tuple[list[str], Rule]:
     return fail_on, Rule(args.k, args.min_effect, args.memory_min_effect)
 
 
-def exit_status(comparison: Comparison, fail_on: Sequence[str]) -> int:
-    return EXIT_REGRESSED if comparison.regressed(fail_on) else EXIT_OK
+def exit_status(comparison: Comparison, fail_on: Sequence[str], strict: bool = False) -> int:
+    return EXIT_REGRESSED if comparison.failing(fail_on, strict) else EXIT_OK
+
+
+def failure_text(failed: Sequence[Row]) -> str:
+    """'REGRESSED: a top1, b throughput_fps; INVALID: ...' of the rows that fail a gate."""
+    return "; ".join(f"{verdict}: " + ", ".join(sorted({f"{r.pair} {r.figure}" for r in failed
+                                                        if r.verdict == verdict}))
+                     for verdict in SEVERITY if any(r.verdict == verdict for r in failed))
 
 
 def load_sides(baseline: str, candidate: str, tracking_uri: str) -> tuple[Side, Side]:
@@ -623,7 +641,7 @@ def run(argv: Sequence[str]) -> int:
         artifact_location = args.artifact_location or default_artifacts
     baseline, candidate = load_sides(args.baseline, args.candidate, tracking_uri)
     comparison = compare(baseline, candidate, rule)
-    status = exit_status(comparison, fail_on)
+    status = exit_status(comparison, fail_on, args.strict)
     print(comparison.table(), end="")
     if args.save:
         Path(args.save).write_text(json.dumps(comparison.to_json(), indent=2))
@@ -635,10 +653,11 @@ def run(argv: Sequence[str]) -> int:
                                         args.experiment, status)
         print(f"runner: comparison run {run_id}: "
               f"{tracking.run_url(tracking_uri, experiment_id, run_id)}")
-    failed = comparison.regressed(fail_on)
+    failed = comparison.failing(fail_on, args.strict)
+    passing = ("nothing of --fail-on REGRESSED, INVALID or UNMATCHED (--strict)" if args.strict
+               else "nothing of --fail-on REGRESSED")
     print(f"runner: compare: {comparison.summary()}; "
-          + (f"REGRESSED: {', '.join(sorted({f'{r.pair} {r.figure}' for r in failed}))}; exit 1"
-             if failed else "nothing of --fail-on REGRESSED; exit 0"))
+          + (f"{failure_text(failed)}; exit 1" if failed else f"{passing}; exit 0"))
     return status
 
 
@@ -666,9 +685,11 @@ class Gate:
     baseline: Side
     fail_on: list[str]
     tracking_uri: str
+    strict: bool = False  # INVALID and UNMATCHED rows fail it too
 
     @classmethod
-    def setup(cls, baseline: str, fail_on: Sequence[str], tracking_uri: str) -> Gate:
+    def setup(cls, baseline: str, fail_on: Sequence[str], tracking_uri: str,
+              strict: bool = False) -> Gate:
         figures = check_fail_on(list(fail_on) or list(FIGURE_NAMES), "compare.fail_on")
         client = None
         if not (Path(baseline.partition("#")[0]).suffix == ".json" or Path(baseline).is_file()):
@@ -680,7 +701,8 @@ class Gate:
                 raise CompareError(f"compare.baseline={baseline}: there is no MLflow store at "
                                    f"mlflow.tracking_uri={tracking_uri} to find it in") from None
             client = MlflowClient(tracking_uri=tracking_uri)
-        return cls(load_side(baseline, "compare.baseline", client), figures, tracking_uri)
+        return cls(load_side(baseline, "compare.baseline", client), figures, tracking_uri,
+                   strict)
 
     def judge(self, candidate_runs: Sequence[Any], source: str, kind: str) -> Comparison:
         """The candidate's finished runs (mlflow.entities.Run) against the baseline."""
@@ -689,8 +711,11 @@ class Gate:
 
     def failure(self, comparison: Comparison) -> str:
         """The line of a failed gate; '' when nothing of fail_on REGRESSED."""
-        failed = comparison.regressed(self.fail_on)
+        failed = comparison.failing(self.fail_on, self.strict)
         if not failed:
             return ""
-        return (f"compare.baseline={self.baseline.source}: REGRESSED beyond noise: "
-                f"{', '.join(sorted({f'{r.pair} {r.figure}' for r in failed}))}")
+        if not self.strict:
+            return (f"compare.baseline={self.baseline.source}: REGRESSED beyond noise: "
+                    f"{', '.join(sorted({f'{r.pair} {r.figure}' for r in failed}))}")
+        return (f"compare.baseline={self.baseline.source}: beyond noise or unjudged "
+                f"(compare.strict): {failure_text(failed)}")

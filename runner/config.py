@@ -632,6 +632,8 @@ class CompareConfig:
     baseline: str | None = None
     # the figures whose REGRESSED fails the sweep (exit status 1); empty: every figure
     fail_on: list[str] = field(default_factory=list)
+    # true: a figure of fail_on that is INVALID or UNMATCHED fails the gate too
+    strict: bool = False
 
     def __post_init__(self) -> None:
         if self.baseline is not None and not self.baseline.strip():

@@ -179,7 +179,8 @@ class SweepCallback(Callback):
             try:  # before any job: a baseline that cannot be read stops the sweep at once
                 self.gate = Gate.setup(str(baseline),
                                        list(OmegaConf.select(config, "compare.fail_on") or []),
-                                       str(config.mlflow.tracking_uri))
+                                       str(config.mlflow.tracking_uri),
+                                       bool(OmegaConf.select(config, "compare.strict")))
             except RunnerError as error:
                 print(redact.text(f"runner: error: {error}"), file=sys.stderr)
                 raise SystemExit(2) from None

@@ -146,6 +146,12 @@ def test_the_rule_holds_a_change_to_the_runs_noise_and_accuracy_to_the_guides_po
     assert verdict(entry(50.0), entry(48.5), "top1") == compare.REGRESSED
     assert verdict(entry(50.0), entry(51.5), "top1") == compare.IMPROVED
     assert verdict(entry(50.0), entry(50.0, "INVALID"), "throughput_fps") == compare.INVALID
+    # an INVALID figure passes a gate unless strict, and only when it is a figure of fail_on
+    busy = compare.compare(compare.Side("b", "run", [entry(50.0)]),
+                           compare.Side("c", "run", [entry(50.0, "INVALID")]), rule)
+    assert busy.failing() == []
+    assert [r.figure for r in busy.failing(strict=True)] == ["throughput_fps"]
+    assert busy.failing(["top1"], strict=True) == []
 
 
 def test_sweeps_are_matched_child_by_child_and_an_extra_bs_is_unmatched(tmp_path: Path) -> None:
@@ -166,7 +172,14 @@ def test_sweeps_are_matched_child_by_child_and_an_extra_bs_is_unmatched(tmp_path
     bs_of = {e.run_id: e.params["bs"] for side in sides for e in side.entries}
     assert all(bs_of[r.baseline_run] == bs_of[r.candidate_run] for r in result.rows
                if r.verdict != "UNMATCHED")
-    assert result.regressed() == []
+    assert result.regressed() == [] and result.failing() == []
+    # --strict: a run on one side only does not pass unjudged
+    (unmatched,) = result.failing(strict=True)
+    assert (unmatched.pair, unmatched.verdict) == ("alexnet/cpu/bs4", "UNMATCHED")
+    assert run_compare(space, baseline, candidate, "--no-track").returncode == 0
+    strict = run_compare(space, baseline, candidate, "--no-track", "--strict")
+    assert strict.returncode == 1, strict.stderr
+    assert strict.stdout.splitlines()[-1].endswith("UNMATCHED: alexnet/cpu/bs4 *; exit 1")
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
