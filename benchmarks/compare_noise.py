@@ -5,8 +5,10 @@ stage=performance: export and convert from the cache, the benchmark measured ane
 default benchmark.* settings users run, unless --quick), each pair compared; a pair counts when
 every figure is SAME (INVALID rows, a busy machine's, are counted apart: the rule does not judge
 them), and each false alarm names the figure and verdict behind it. Detection: N pairs whose
-candidate has half the baseline's intra-op threads (chip.threads), counted when throughput_fps is
-REGRESSED. Both rates print with the load average (os.getloadavg) before and after each half.
+candidate is a test build 10% slower (benchmarks/slowed/sitecustomize.py on its PYTHONPATH: each
+InferenceSession.run sleeps a ninth of its own duration, so throughput is 0.90x; --slower threads:
+half the baseline's intra-op threads instead), counted when throughput_fps is REGRESSED. Both
+rates print with the load average (os.getloadavg) before and after each half.
 
     python -m benchmarks.compare_noise --pairs 20
 """
@@ -30,16 +32,24 @@ from runner.config import PROJECT_ROOT
 ALARMS = (compare.REGRESSED, compare.IMPROVED, compare.UNMATCHED)
 
 
-def one_run(work: Path, args: argparse.Namespace, threads: int) -> str:
-    """One CLI run into the store under `work`; its run id."""
+SLOWED = Path(__file__).parent / "slowed"  # the 10% slower test build's sitecustomize.py
+
+
+def one_run(work: Path, args: argparse.Namespace, threads: int, slowed: bool = False) -> str:
+    """One CLI run into the store under `work` (`slowed`: the 10% slower test build); its run
+    id."""
     db = work / "mlflow.db"
     command = [sys.executable, "-m", "runner", f"model={args.model}", f"bs={args.bs}",
                "dataset=synthetic", "model.weights=random", "stage=performance",
                *args.benchmark, f"chip.threads={threads}", f"paths.cache_dir={args.cache_dir}",
                f"mlflow.tracking_uri=sqlite:///{db}", f"mlflow.artifact_location={work}/mlruns",
                f"hydra.run.dir={work}/runs/${{now:%H-%M-%S-%f}}"]
+    env = dict(os.environ)
+    if slowed:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SLOWED), env.get("PYTHONPATH"))
+                                            if p)
     done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True,
-                          check=False)
+                          check=False, env=env)
     if done.returncode != 0:
         raise SystemExit(f"runner failed ({done.returncode}): {done.stderr[-2000:]}")
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
@@ -50,8 +60,10 @@ def one_run(work: Path, args: argparse.Namespace, threads: int) -> str:
     return latest.info.run_id
 
 
-def pair(work: Path, args: argparse.Namespace, threads: tuple[int, int]) -> compare.Comparison:
-    baseline, candidate = (one_run(work, args, t) for t in threads)
+def pair(work: Path, args: argparse.Namespace, threads: tuple[int, int],
+         slowed: bool = False) -> compare.Comparison:
+    baseline = one_run(work, args, threads[0])
+    candidate = one_run(work, args, threads[1], slowed)
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
     return compare.compare(compare.load_side(baseline, "baseline", client),
                            compare.load_side(candidate, "candidate", client))
@@ -71,7 +83,10 @@ def main() -> None:
                         help="debug=quick_benchmark with benchmark.min_iters=20 (shorter, "
                         "noisier) instead of the default benchmark.* settings")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2,
-                        help="the baseline's chip.threads; the slower candidate has half")
+                        help="every run's chip.threads (--slower threads: the candidate half)")
+    parser.add_argument("--slower", choices=("sleep", "threads"), default="sleep",
+                        help="the slower candidate: the 10%% slower test build (sleep) or half "
+                        "the threads")
     parser.add_argument("--cache-dir", default=str(PROJECT_ROOT / "outputs" / "cache"))
     args = parser.parse_args()
     if args.pairs < 1 or args.threads < 2:
@@ -83,7 +98,10 @@ def main() -> None:
         f"{args.model} bs {args.bs}, dataset=synthetic, model.weights=random, stage=performance, "
         f"{' '.join(args.benchmark) or 'the default benchmark.* settings'}; one CLI process a run",
         f"rule: {rule.text()}",
-        f"identical: chip.threads={args.threads} twice; slower: {args.threads} then {half}",
+        f"identical: chip.threads={args.threads} twice; slower: "
+        + (f"chip.threads={args.threads} then {half}" if args.slower == "threads" else
+           "the candidate a test build 10% slower (each InferenceSession.run sleeps 1/9 of its "
+           "duration: 0.90x throughput)"),
     ])
     common.make(common.run_config(f"model={args.model}", f"bs={args.bs}", "dataset=synthetic",
                                   "model.weights=random", f"paths.cache_dir={args.cache_dir}"),
@@ -108,11 +126,12 @@ def main() -> None:
         before = load()
         caught = slow_invalid = 0
         for n in range(args.pairs):
-            result = pair(work, args, (args.threads, half))
+            slow = args.slower == "sleep"
+            result = pair(work, args, (args.threads, args.threads if slow else half), slow)
             (row,) = [r for r in result.rows if r.figure == "throughput_fps"]
             caught += row.verdict == compare.REGRESSED
             slow_invalid += row.verdict == compare.INVALID
-            print(f"  half-threads pair {n + 1}: throughput {row.change} (band {row.band}) "
+            print(f"  slower pair {n + 1}: throughput {row.change} (band {row.band}) "
                   f"{row.verdict}  load {load()}", flush=True)
         slower_load = f"{before} -> {load()}"
     print(f"false alarms: {alarms}/{args.pairs} identical pairs ({alarms / args.pairs:.0%}) "
@@ -121,7 +140,7 @@ def main() -> None:
           + f"; SAME on every figure {same}/{args.pairs} "
           f"({same / args.pairs:.0%}); pairs with INVALID rows {invalid}; load average "
           f"(1/5/15 min) {identical_load}")
-    print(f"detection: throughput REGRESSED in {caught}/{args.pairs} half-thread pairs "
+    print(f"detection: throughput REGRESSED in {caught}/{args.pairs} slower pairs "
           f"({caught / args.pairs:.0%}); INVALID {slow_invalid}; load average {slower_load}")
 
 

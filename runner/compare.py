@@ -46,7 +46,7 @@ EXIT_OK, EXIT_REGRESSED, EXIT_BAD_INPUT = 0, 1, 2
 IDENTITY = ("model", "chip", "chip.precision", "bs")
 # a run's metrics that the comparison reads besides the figures: the benchmark's noise
 NOISE_METRICS = ("throughput_cv", "benchmark_window_spread", "throughput_fps_min",
-                 "throughput_fps_max", "benchmark_valid")
+                 "throughput_fps_max", "benchmark_valid", "latency_ms_p50_cv", "latency_ms_p99_cv")
 
 
 class CompareError(RunnerError):
@@ -77,9 +77,11 @@ FIGURE_NAMES = tuple(f.metric for f in FIGURES)
 @dataclass(frozen=True)
 class Rule:
     """When a difference is beyond noise. Timing figures: each run's relative noise is the
-    larger of its repeats' coefficient of variation (throughput_cv) and half its worst window
-    spread (benchmark_window_spread); the two runs' noise combine as sqrt(nb^2 + nc^2); the
-    figure changed when |candidate/baseline - 1| > max(k * combined, min_effect)."""
+    larger of its repeats' coefficient of variation (throughput_cv), half its worst window
+    spread (benchmark_window_spread) and, for a latency percentile, the coefficient of variation
+    of that percentile over the repeats (latency_ms_p99_cv: a tail moves more than the mean);
+    the two runs' noise combine as sqrt(nb^2 + nc^2); the figure changed when
+    |candidate/baseline - 1| > max(k * combined, min_effect)."""
 
     k: float = 2.0
     min_effect: float = 0.05
@@ -89,7 +91,8 @@ class Rule:
         return (f"timing figures (throughput, latency p50/p99, e2e): changed when |candidate/"
                 f"baseline - 1| > max({self.k:g} x sqrt(nb^2 + nc^2), {self.min_effect:.0%}), "
                 "n = a run's relative noise = max(throughput_cv of its repeats, half its "
-                "benchmark_window_spread; e2e has no repeats: its run's benchmark noise); "
+                "benchmark_window_spread, and for latency p50/p99 the CV of that percentile "
+                "over the repeats; e2e has no repeats: its run's benchmark noise); "
                 f"peak memory: changed beyond {self.memory_min_effect:.0%} (one sample per run, "
                 "no spread); top-k (the same dataset, so exact): equal is SAME, any change "
                 "REGRESSED/IMPROVED, named within or beyond the guide's max_accuracy_drop "
@@ -118,13 +121,15 @@ class Entry:
     def keys(self) -> set[str]:
         return {"model", "chip", "dataset", *self.params}
 
-    def noise(self) -> float | None:
-        """The benchmark's relative noise (Rule); None when the run logged none."""
+    def noise(self, metric: str = "") -> float | None:
+        """The benchmark's relative noise for `metric` (Rule); None when the run logged none."""
         parts = []
         if "throughput_cv" in self.metrics:
             parts.append(self.metrics["throughput_cv"])
         if "benchmark_window_spread" in self.metrics:
             parts.append(self.metrics["benchmark_window_spread"] / 2)
+        if f"{metric}_cv" in self.metrics and metric.startswith("latency_ms_p"):
+            parts.append(self.metrics[f"{metric}_cv"])
         return max(parts) if parts else None
 
 
@@ -421,8 +426,8 @@ def judge(b: Entry | None, c: Entry | None, label: str, rule: Rule) -> list[Row]
         else:
             invalid = [f"{w} run {e.run_id}" for w, e in (("baseline", b), ("candidate", c))
                        if e.benchmark_verdict == "INVALID"]
-            row.verdict, row.threshold, row.why = judge_timing(figure, bv, cv, b.noise(),
-                                                               c.noise(), rule)
+            row.verdict, row.threshold, row.why = judge_timing(
+                figure, bv, cv, b.noise(figure.metric), c.noise(figure.metric), rule)
             if invalid:  # e2e too: no verdict of its own, held to the same machine's noise
                 row.verdict = INVALID
                 row.why = f"benchmark INVALID in the {' and '.join(invalid)}"

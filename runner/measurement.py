@@ -120,6 +120,12 @@ class Measurement:
     def latency_ms(self, percentile: float) -> float:
         return float(np.percentile(self.compute_ms, percentile))
 
+    def latency_cv(self, percentile: float) -> float | None:
+        """Run-to-run coefficient of variation of the repeats' own latency percentile; None
+        with a single repeat."""
+        return coefficient_of_variation([float(np.percentile(run.compute_ms, percentile))
+                                         for run in self.runs])
+
     def metrics(self) -> dict[str, float]:
         compute_ms = self.compute_ms
         metrics = {
@@ -140,6 +146,10 @@ class Measurement:
         cv = self.throughput_cv
         if cv is not None:
             metrics["throughput_cv"] = cv
+        for percentile in (50, 99):  # a tail moves more than the mean: its own noise (compare)
+            latency_cv = self.latency_cv(percentile)
+            if latency_cv is not None:
+                metrics[f"latency_ms_p{percentile}_cv"] = latency_cv
         return metrics
 
 

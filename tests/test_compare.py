@@ -127,6 +127,20 @@ def test_the_rule_holds_a_change_to_the_runs_noise_and_accuracy_to_the_guides_po
     # 8% noise each: sqrt(2) * 8% * 2 = 22.6%; a 20% drop is within it, a 30% drop beyond
     assert compare.judge_timing(throughput, 100, 80, 0.08, 0.08, rule)[0] == compare.SAME
     assert compare.judge_timing(throughput, 100, 70, 0.08, 0.08, rule)[0] == compare.REGRESSED
+    # a latency percentile is held to its own spread over the repeats where the run logged it
+    def timed(p99: float, p99_cv: float) -> compare.Entry:
+        return compare.Entry("r", "alexnet", "cpu", DATASET, {"bs": "4"},
+                             {"latency_ms_p99": p99, "throughput_cv": 0.01,
+                              "latency_ms_p99_cv": p99_cv}, benchmark_verdict="VALID")
+
+    (p99,) = [r for r in compare.judge(timed(10.0, 0.08), timed(13.0, 0.08), "p", rule)
+              if r.figure == "latency_ms_p99"]
+    assert p99.verdict == compare.REGRESSED  # 30% beyond 2 * sqrt(2) * 8% = 22.6%
+    (p99,) = [r for r in compare.judge(timed(10.0, 0.08), timed(12.0, 0.08), "p", rule)
+              if r.figure == "latency_ms_p99"]
+    assert p99.verdict == compare.SAME  # 20% within it; with throughput_cv alone: REGRESSED
+    assert compare.judge_timing(compare.FIGURES[2], 10.0, 12.0, 0.01, 0.01, rule)[0] == \
+        compare.REGRESSED
     # no noise logged: the minimum effect decides
     assert compare.judge_timing(throughput, 100, 96, None, None, rule)[0] == compare.SAME
     assert compare.judge_timing(throughput, 100, 94, None, None, rule)[0] == compare.REGRESSED

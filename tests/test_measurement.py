@@ -187,10 +187,23 @@ def test_repeats_give_the_run_to_run_coefficient_of_variation() -> None:
     assert result.wall_s == pytest.approx(0.33)
 
 
+def test_a_tail_has_its_own_run_to_run_spread() -> None:
+    # three repeats of 10 calls at 10 ms, but for one slow call in the second repeat: the
+    # throughput hardly moves, its p99 does
+    device = FakeDevice(lambda call: 40.0 if call == 15 else 10.0)
+    result = measure(device.run_once, settings(repeats=3, max_spread=10.0), 1, device.clock)
+    metrics = result.metrics()
+    p99 = [float(np.percentile(run.compute_ms, 99)) for run in result.runs]
+    assert p99[0] == p99[2] == 10.0 and p99[1] > 30
+    assert metrics["latency_ms_p99_cv"] == pytest.approx(np.std(p99, ddof=1) / np.mean(p99))
+    assert metrics["latency_ms_p99_cv"] > 4 * metrics["throughput_cv"]
+    assert metrics["latency_ms_p50_cv"] == 0.0
+
+
 def test_a_single_repeat_has_no_cv() -> None:
     device = FakeDevice(constant(10))
     metrics = measure(device.run_once, settings(repeats=1), 1, device.clock).metrics()
-    assert "throughput_cv" not in metrics
+    assert "throughput_cv" not in metrics and "latency_ms_p99_cv" not in metrics
     assert coefficient_of_variation([5.0]) is None
     assert coefficient_of_variation([5.0, 5.0]) == 0.0
 
