@@ -194,6 +194,11 @@ def test_sweeps_are_matched_child_by_child_and_an_extra_bs_is_unmatched(tmp_path
     strict = run_compare(space, baseline, candidate, "--no-track", "--strict")
     assert strict.returncode == 1, strict.stderr
     assert strict.stdout.splitlines()[-1].endswith("UNMATCHED: alexnet/cpu/bs4 *; exit 1")
+    # compare.strict gates a sweep the same way
+    gate = compare.Gate(sides[0], list(compare.FIGURE_NAMES), space.tracking_uri)
+    assert gate.failure(result) == ""
+    gate.strict = True
+    assert gate.failure(result).endswith("unjudged (compare.strict): UNMATCHED: alexnet/cpu/bs4 *")
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
