@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from omegaconf import DictConfig
 from runner import config
 from runner.config import PROJECT_ROOT, RunConfig, SyntheticConfig
 from runner.data import synthetic
+from tests.warm_cli import run_cli
 
 # the real ImageNet sample (val/*.JPEG + val_label.txt), where the machine has one: set by
 # scripts/test.sh when it finds it; tests that need it skip without it
@@ -71,14 +71,12 @@ class Workspace:
 
     def run(self, *args: str, check: bool = True, timeout: float = 600,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "runner", *args, *self.overrides()]
         if self.template is not None and not self.db.exists():
             self.root.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.template, self.db)
-        result = subprocess.run(
-            command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        )
+        # `python -m runner`, started warm (tests/warm_cli.py)
+        result = run_cli([*args, *self.overrides()], cwd=PROJECT_ROOT, timeout=timeout,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         if check and result.returncode != 0:
             raise AssertionError(
                 f"runner exited {result.returncode}\nstdout:\n{result.stdout[-4000:]}\n"

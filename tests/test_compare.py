@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -19,9 +18,10 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from runner import compare, report, tracking
-from runner.config import PROJECT_ROOT, BenchmarkConfig, MlflowConfig
+from runner.config import BenchmarkConfig, MlflowConfig
 from runner.measurement import judge, measure
 from tests.conftest import Workspace, compose_config
+from tests.warm_cli import run_cli
 
 DATASET = "synthetic (8 images)"
 
@@ -79,9 +79,7 @@ def sweep_parent(space: Workspace, sizes: tuple[int, ...], ms: float = 10.0) -> 
 
 
 def run_compare(space: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runner", "compare", *args, "--tracking-uri",
-                           space.tracking_uri], cwd=PROJECT_ROOT, capture_output=True,
-                          text=True, timeout=300)
+    return run_cli(["compare", *args, "--tracking-uri", space.tracking_uri], timeout=300)
 
 
 def rows(stdout: str) -> dict[tuple[str, str], str]:

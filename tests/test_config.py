@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 from hydra.errors import ConfigCompositionException
@@ -12,6 +11,7 @@ from runner.config import PROJECT_ROOT
 from runner.errors import ConfigError
 from runner.pipeline import check_order
 from tests.conftest import compose_config, run_config
+from tests.warm_cli import run_cli
 
 
 def test_defaults_compose_into_a_valid_run() -> None:
@@ -69,8 +69,7 @@ def test_stage_order_is_checked() -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return run_cli(list(args), timeout=120)
 
 
 def test_cli_help_lists_the_groups() -> None:

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from runner.config import PROJECT_ROOT
 from tests.conftest import Workspace
 from tests.test_errors_cli import _error_line, _fails, _run_on_small_disk, needs_tmpfs
+from tests.warm_cli import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -151,9 +149,7 @@ def test_unclear_errors_name_the_file_or_key(space: Workspace, tmp_path: Path, m
     keys = {arg.split("=", 1)[0] for arg in own}
     # the workspace's store and folders, except those the case replaces
     defaults = [arg for arg in space.overrides() if arg.split("=", 1)[0] not in keys]
-    result = subprocess.run(
-        [sys.executable, "-m", "runner", *SMALL[:3], "stage.stages=[export]", *defaults, *own],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    result = run_cli([*SMALL[:3], "stage.stages=[export]", *defaults, *own], timeout=300)
     assert result.returncode == 1, result.stderr[-3000:]
     assert re.search(expected, _error_line(result)), _error_line(result)
     if run_started:  # only the cases that keep the workspace's store
@@ -161,8 +157,7 @@ def test_unclear_errors_name_the_file_or_key(space: Workspace, tmp_path: Path, m
 
 
 def test_cfg_job_of_an_invalid_config_exits_1() -> None:
-    result = subprocess.run([sys.executable, "-m", "runner", "--cfg", "job", "bs=0"],
-                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    result = run_cli(["--cfg", "job", "bs=0"], timeout=120)
     assert result.returncode == 1
     assert _error_line(result) == "bs=0 must be a positive integer, e.g. bs=16"
     assert "bs: 0" in result.stdout  # the config is printed all the same

@@ -23,6 +23,7 @@ from runner.config import PROJECT_ROOT, MlflowConfig
 from tests.conftest import FAST_BENCHMARK, Workspace, compose_config
 from tests.services import RAY_LOOPBACK_ENV, mlflow_server, processes_mentioning, ray_head
 from tests.test_end_to_end import METRICS
+from tests.warm_cli import run_cli
 
 SMALL = ("dataset=synthetic", "dataset.synthetic.num_images=8", "model.weights=random",
          *FAST_BENCHMARK)
@@ -194,9 +195,7 @@ def test_processes_opening_a_new_sqlite_store_at_once_agree(tmp_path: Path) -> N
 
 def test_launcher_presets_compose() -> None:
     def hydra_cfg(*overrides: str) -> str:
-        result = subprocess.run([sys.executable, "-m", "runner", "--cfg", "hydra", "-p",
-                                 "hydra.launcher", *overrides], cwd=PROJECT_ROOT,
-                                capture_output=True, text=True, timeout=120)
+        result = run_cli(["--cfg", "hydra", "-p", "hydra.launcher", *overrides], timeout=120)
         assert result.returncode == 0, result.stderr
         return result.stdout
 
