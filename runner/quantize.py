@@ -12,6 +12,7 @@ Percentile). The calibration settings are part of the convert stage's key (`Cali
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,13 @@ class _Reader:
 
 # per-channel DequantizeLinear (its `axis`) needs opset 13; the guides export at opset 11
 MIN_OPSET = 13
+# quantize_static gives Entropy 128 histogram bins for 128 quantized bins, and no way to change
+# them: its KL search can then only pick the whole range, MinMax's (measured: every scale equal
+# to MinMax's). Entropy is calibrated here with 512 bins instead (thresholds from a quarter of
+# the range to all of it) and handed to quantize_static as its calibration cache. Its KL search
+# is Python loops, about bins/2 x 128 steps per tensor: 2048 bins (TensorRT's) took 244 s for a
+# small ResNet-18 on this project's loaded 2-core VM, which 512 bins cuts about fivefold.
+ENTROPY_BINS, ENTROPY_QUANTIZED_BINS = 512, 128
 
 
 def _for_quantization(onnx_path: Path) -> tuple[onnx.ModelProto, str]:
@@ -99,6 +107,27 @@ def _for_quantization(onnx_path: Path) -> tuple[onnx.ModelProto, str]:
     initializers = {i.name for i in model.graph.initializer}
     name = next(i.name for i in model.graph.input if i.name not in initializers)
     return model, name
+
+
+def _entropy_ranges(model: onnx.ModelProto, reader: _Reader, work: Path) -> Path:
+    """Entropy calibration with ENTROPY_BINS bins, saved as quantize_static's cache file."""
+    import onnx
+    from onnxruntime.quantization.calibrate import (
+        CalibrationMethod,
+        create_calibrator,
+        save_tensors_data,
+    )
+
+    model_path = work / "calibration_input.onnx"
+    onnx.save_model(model, str(model_path))
+    calibrator = create_calibrator(
+        model_path, None, augmented_model_path=str(work / "augmented_model.onnx"),
+        calibrate_method=CalibrationMethod.Entropy, providers=["CPUExecutionProvider"],
+        extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS})
+    calibrator.collect_data(reader)
+    cache = work / "calibration.json"
+    save_tensors_data(calibrator.compute_data(), cache)
+    return cache
 
 
 def quantize(onnx_path: Path, out_dir: Path, calibration: Calibration,
@@ -119,12 +148,15 @@ def quantize(onnx_path: Path, out_dir: Path, calibration: Calibration,
     target = out_dir / QUANTIZED_MODEL
     log.info("convert: int8 calibration (%s) on the first %d images", calibration.method,
              calibration.num_images)
-    quantize_static(
-        model, target, reader, quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-        calibrate_method=getattr(CalibrationMethod, calibration.method),
-        calibration_providers=["CPUExecutionProvider"],
-    )
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".calibration-") as work:
+        cache = (_entropy_ranges(model, reader, Path(work)) if calibration.method == "Entropy"
+                 else None)
+        quantize_static(
+            model, target, None if cache else reader, quant_format=QuantFormat.QDQ,
+            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            calibrate_method=getattr(CalibrationMethod, calibration.method),
+            calibration_providers=["CPUExecutionProvider"], calibration_cache_path=cache,
+        )
     for leftover in out_dir.glob("*augmented*"):  # the calibration's own instrumented model
         leftover.unlink()
     if not reader.images:
