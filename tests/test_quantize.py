@@ -118,6 +118,21 @@ def test_the_calibration_settings_make_another_model(exported: dict[str, Path]) 
     assert any(not np.array_equal(ours[k], theirs[k]) for k in ours)
 
 
+@pytest.mark.slow
+def test_entropy_is_not_minmax(exported: dict[str, Path]) -> None:
+    """quantize_static's own Entropy (128 bins for 128 quantized bins) gave every scale of
+    MinMax's; with the runner's 512 bins the KL search clips some activation ranges (~13 s: the
+    search is Python loops)."""
+    _, minmax, _ = _quantized(exported, "minmax-entropy-4", "chip.calibration.num_images=4")
+    _, entropy, info = _quantized(exported, "entropy-4", "chip.calibration.num_images=4",
+                                  "chip.calibration.method=Entropy")
+    assert info["calibration_method"] == "Entropy" and info["calibration_images"] == 4
+    ours, theirs = _scales(minmax), _scales(entropy)
+    clipped = [k for k in ours if not np.array_equal(ours[k], theirs[k])]
+    assert clipped and all(np.all(theirs[k] <= ours[k] * (1 + 1e-6)) for k in clipped)
+    assert not list(entropy.parent.glob(".calibration-*"))  # its work folder is gone
+
+
 def test_the_calibration_images_are_fed_as_infer_feeds_them(exported: dict[str, Path]) -> None:
     cfg = _config(exported["root"], exported["folder"] / "cache", "chip.calibration.num_images=5")
     calibration = ort_backend.convert_settings(cfg).calibration
