@@ -27,7 +27,10 @@ STAGE_NAMES = ("export", "convert", "preprocess", "infer", "reference", "parity"
 DEFAULT_STAGES = ("export", "convert", "preprocess", "infer", "reference", "parity", "evaluate",
                   "benchmark", "e2e")
 RUNTIMES = ("onnxruntime", "torch", "ais_bench")
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+# ONNX Runtime's static quantization calibrates activation ranges by one of these
+# (runner/quantize.py)
+CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile")
 # the kinds of device each runtime can drive
 DEVICE_TYPES = {"onnxruntime": ("cpu", "cuda"), "torch": ("cpu", "cuda"), "ais_bench": ("npu",)}
 # `model.arch` is imported and called: only callables of these packages, unless widened with
@@ -329,6 +332,19 @@ class DatasetConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    """chip.precision=int8: how ONNX Runtime's static quantization finds activation ranges."""
+
+    # the first N images of the run's dataset (after dataset.limit), clipped to its size
+    num_images: int = 300
+    method: str = "MinMax"  # MinMax | Entropy | Percentile (CALIBRATION_METHODS)
+
+    def __post_init__(self) -> None:
+        _check_positive("chip.calibration.num_images", self.num_images)
+        _check_choice("chip.calibration.method", self.method, CALIBRATION_METHODS)
+
+
+@dataclass
 class ChipConfig:
     name: str = MISSING
     runtime: str = "onnxruntime"
@@ -347,11 +363,16 @@ class ChipConfig:
     compile: bool = False
     # PyTorch on CUDA: capture the forward once per batch shape and replay it (static buffers)
     cuda_graphs: bool = False
+    # chip.precision=int8 only: the calibration of ONNX Runtime's static quantization
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
     def __post_init__(self) -> None:
         _check_choice("chip.runtime", self.runtime, RUNTIMES)
         _check_choice("chip.device_type", self.device_type, DEVICE_TYPES[self.runtime])
         _check_choice("chip.precision", self.precision, PRECISIONS)
+        if self.precision == "int8" and (self.runtime, self.device_type) != ("onnxruntime",
+                                                                              "cpu"):
+            raise ConfigError(self._int8_refusal())
         if self.precision == "bf16" and self.runtime == "ais_bench":
             raise ConfigError(
                 f"chip.precision=bf16 is not supported by runtime ais_bench (chip={self.name}): "
@@ -399,6 +420,17 @@ class ChipConfig:
                     f"chip.dynamic_batch_sizes={sizes} must be 2 to 100 distinct sizes >= 1 "
                     "(atc --dynamic_batch_size)"
                 )
+
+    def _int8_refusal(self) -> str:
+        """Why chip.precision=int8 is refused on this chip, and what to do instead."""
+        if self.runtime == "ais_bench":
+            elsewhere = ("quantize for Ascend with AMCT (CANN's model compression toolkit) and "
+                         "convert its model, or use chip=cpu for ONNX Runtime's int8")
+        else:
+            elsewhere = "use chip=cpu (ONNX Runtime's static quantization) for int8"
+        return (f"chip.precision=int8 is ONNX Runtime's static quantization on the CPU (chip=cpu)"
+                f", not runtime {self.runtime} on {self.device_type} (chip={self.name}): "
+                f"{elsewhere}, or chip.precision=fp32")
 
 
 @dataclass
@@ -526,6 +558,13 @@ class ParityTolerances:
     # and a looser top-1 agreement for the near ties it flips
     bf16: ParityTolerance = field(
         default_factory=lambda: ParityTolerance(0.8, 0.98, 1.0, rtol=4e-2))
+    # int8 (ONNX Runtime's static quantization, chip=cpu): 8-bit activations and weights, each
+    # tensor's range split into 256 steps, so a logit's error is a fraction of its image's
+    # logit scale (rtol 0.15 of the largest |logit|: 0.13 measured on random AlexNet and
+    # InceptionV4, plus a floor of 0.5) and near ties flip: top-1 agreement 0.95 and 2 points
+    # of top-1/top-5 (docs/results.md#int8-on-the-cpu; to be confirmed with trained weights)
+    int8: ParityTolerance = field(
+        default_factory=lambda: ParityTolerance(0.5, 0.95, 2.0, rtol=0.15))
 
 
 @dataclass

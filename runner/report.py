@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.config import DatasetConfig, PublishedFigures
+from runner.config import PRECISIONS, DatasetConfig, PublishedFigures
 
 WIDTH = 120  # the widest line of a report: a terminal's
 PUBLISHED_TAG = "published"  # JSON of the run's published figures (`Published.to_json`)
@@ -35,6 +35,8 @@ NO_RUN = "NO RUN"  # the status of a planned job that left no MLflow run
 VERDICT_TAG, REASONS_TAG, REUSED_TAG = ("benchmark.verdict", "benchmark.verdict_reasons",
                                         "benchmark.reused_from")
 INVALID_MARK, REUSED_MARK = "!", "*"
+FP32 = "fp32"  # the precision a precision sweep's accuracy is measured against
+PRECISION_PARAM = "chip.precision"
 
 
 def describe_dataset(dataset: DatasetConfig) -> str:
@@ -256,15 +258,23 @@ class Job:
     status: str = ""
     error: str = ""
     run_id: str = ""
+    precision: str = ""  # chip.precision (a param of every run; '' where unknown)
 
     @property
     def bs_int(self) -> int | None:
         return int(self.bs) if self.bs.isdigit() else None
 
+    @property
+    def group(self) -> tuple[str, str, str]:
+        """What its accuracy is compared within: the same model, chip and dataset."""
+        return (self.model, self.chip, self.dataset)
+
     def sort_key(self) -> tuple[Any, ...]:
         bs = self.bs_int if self.bs_int is not None else sys.maxsize
         job = self.job if self.job is not None else -1
-        return (self.status == NO_RUN, self.model, self.chip, self.dataset, bs, job)
+        rank = PRECISIONS.index(self.precision) if self.precision in PRECISIONS else len(
+            PRECISIONS)
+        return (self.status == NO_RUN, self.model, self.chip, self.dataset, rank, bs, job)
 
     @property
     def published(self) -> Published | None:
@@ -291,7 +301,7 @@ def job_from_run(run: Any) -> Job:
                chip=tags.get("chip", ""), bs=params.get("bs", tags.get("bs", "")),
                dataset=tags.get("dataset", ""), metrics=dict(run.data.metrics), tags=dict(tags),
                cache=cache, status=run.info.status, error=tags.get("error", ""),
-               run_id=run.info.run_id)
+               run_id=run.info.run_id, precision=params.get(PRECISION_PARAM, ""))
 
 
 def job_without_run(job: int, overrides: Sequence[str]) -> Job:
@@ -300,7 +310,8 @@ def job_without_run(job: int, overrides: Sequence[str]) -> Job:
     return Job(job=job, model=given.get("model", given.get("model.name", "")),
                chip=given.get("chip", given.get("chip.name", "")), bs=given.get("bs", ""),
                dataset=given.get("dataset", given.get("dataset.name", "")), status=NO_RUN,
-               error=f"no MLflow run was recorded for job {job} ({' '.join(overrides)})")
+               error=f"no MLflow run was recorded for job {job} ({' '.join(overrides)})",
+               precision=given.get(PRECISION_PARAM, ""))
 
 
 def build_jobs(runs: Sequence[Any], planned: Sequence[Sequence[str]] | None) -> list[Job]:
@@ -330,12 +341,61 @@ def _cell(text: str) -> str:
     return text.replace("|", "/").replace("\n", " ")
 
 
-def _groups(jobs: Sequence[Job]) -> dict[tuple[str, str, str], list[Job]]:
-    groups: dict[tuple[str, str, str], list[Job]] = {}
+def _groups(jobs: Sequence[Job]) -> dict[tuple[str, str, str, str], list[Job]]:
+    """The table's rows: jobs by model, chip, dataset and precision."""
+    groups: dict[tuple[str, str, str, str], list[Job]] = {}
     for job in jobs:
         if job.status != NO_RUN:
-            groups.setdefault((job.model, job.chip, job.dataset), []).append(job)
+            groups.setdefault((*job.group, job.precision), []).append(job)
     return groups
+
+
+def precisions(jobs: Sequence[Job]) -> list[str]:
+    """The precisions a sweep ran (chip.precision), fp32 first."""
+    found = {job.precision for job in jobs if job.status != NO_RUN and job.precision}
+    return sorted(found, key=lambda p: (PRECISIONS.index(p) if p in PRECISIONS else 99, p))
+
+
+def is_precision_sweep(jobs: Sequence[Job]) -> bool:
+    """Whether the sweep compares precisions (the table gets their columns, and a plot)."""
+    return len(precisions(jobs)) > 1
+
+
+def _mean_top1(jobs: Sequence[Job]) -> float | None:
+    values = [j.metrics["top1"] for j in jobs if j.status == "FINISHED" and "top1" in j.metrics]
+    return sum(values) / len(values) if values else None
+
+
+def fp32_top1(jobs: Sequence[Job]) -> dict[tuple[str, str, str], float]:
+    """The fp32 top-1 of each model, chip and dataset (over its batch sizes): what another
+    precision's accuracy is measured against."""
+    by_group: dict[tuple[str, str, str], list[Job]] = {}
+    for job in jobs:
+        if job.precision == FP32:
+            by_group.setdefault(job.group, []).append(job)
+    return {group: top1 for group, members in by_group.items()
+            if (top1 := _mean_top1(members)) is not None}
+
+
+def top1_vs_fp32(job_or_members: Job | Sequence[Job], reference: Mapping[tuple[str, str, str],
+                 float]) -> float | None:
+    """Top-1 points of a job (or a row of jobs of one precision) minus fp32's; None for fp32
+    itself or where fp32 has no top-1."""
+    members = [job_or_members] if isinstance(job_or_members, Job) else list(job_or_members)
+    if not members or members[0].precision in ("", FP32) or members[0].group not in reference:
+        return None
+    top1 = _mean_top1(members)
+    return None if top1 is None else top1 - reference[members[0].group]
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (throughput, accuracy) points no other point beats on both (higher is better),
+    by throughput ascending: the best accuracy each throughput can have."""
+    front: list[tuple[float, float]] = []
+    for point in sorted(set(points), key=lambda p: (-p[0], -p[1])):
+        if not front or point[1] > front[-1][1]:
+            front.append(point)
+    return front[::-1]
 
 
 def _once(values: list[float]) -> str:
@@ -352,12 +412,17 @@ def sweep_report(jobs: Sequence[Job], title: str, extra_notes: Sequence[str] = (
     run id -> its verdict against compare.baseline, a last column (the row's worst)."""
     groups = _groups(jobs)
     several_datasets = len({key[2] for key in groups}) > 1
+    by_precision = is_precision_sweep(jobs)
+    reference = fp32_top1(jobs)
     sizes = sorted({j.bs_int for j in jobs if j.bs_int is not None and j.status != NO_RUN})
     rows: list[list[str]] = []
+    extras: list[tuple[str, str]] = []  # each row's precision and top-1 vs fp32 cells
+    published_shown: set[tuple[str, str, str]] = set()
     notes: list[str] = []
     rules: dict[str, str] = {}
-    for (model, chip, dataset), members in groups.items():
+    for (model, chip, dataset, precision), members in groups.items():
         label = f"{model} / {chip}" + (f" / {dataset}" if several_datasets else "")
+        named = label + (f" {precision}" if by_precision else "")  # in the notes
         finished = [j for j in members if j.status == "FINISHED"]
         by_bs = {j.bs_int: j for j in members}
         cells = []
@@ -384,22 +449,28 @@ def sweep_report(jobs: Sequence[Job], title: str, extra_notes: Sequence[str] = (
                      *cells, benchmark, accuracy,
                      *([_worst(versus, [j.run_id for j in members])] if versus is not None
                        else [])])
+        extras.append((precision or "?", _signed(top1_vs_fp32(members, reference))))
         blank = [""] * (versus is not None)
         published = next((j.published for j in members if j.published is not None), None)
         if published is not None:
             ref = published.reference_accuracy
+            # once per model, chip and dataset: every precision's row has the same figures
+            first_row = (model, chip, dataset) not in published_shown
+            published_shown.add((model, chip, dataset))
             # blank where the guide publishes nothing for this chip, a dash for a missing bs
             fps = [_fps(published.fps.get(bs)) if bs in by_bs and published.fps else ""
                    for bs in sizes]
-            if ref is not None or published.fps:
+            if first_row and (ref is not None or published.fps):
                 rows.append([f"  published ({published.reference}"
                              f"{', ' + chip if published.fps else ''})",
                              f"{ref[0]:g}" if ref else "—", f"{ref[1]:g}" if ref else "—",
                              *fps, "", "", *blank])
+                extras.append(("", ""))
             chip_acc = published.chip_accuracy
-            if chip_acc is not None:
+            if first_row and chip_acc is not None:
                 rows.append([f"  published ({chip})", f"{chip_acc[0]:g}", f"{chip_acc[1]:g}",
                              *([""] * len(sizes)), "", "", *blank])
+                extras.append(("", ""))
             deltas = [c.deltas for c in comparisons if c.deltas is not None]
             ratios = {j.bs_int: c.fps_ratio for j, c in zip(finished, comparisons, strict=True)
                       if c.fps_ratio is not None}
@@ -409,16 +480,17 @@ def sweep_report(jobs: Sequence[Job], title: str, extra_notes: Sequence[str] = (
                              _once_signed([d[1] for d in deltas]),
                              *(f"{ratios[bs]:.2f}x" if bs in ratios else "" for bs in sizes),
                              "", "", *blank])
+                extras.append(("", ""))
             rules.setdefault(published.rule(), model)
             for verdict, why in sorted({(c.accuracy, c.why) for c in comparisons
                                         if c.accuracy != PASS and c.deltas is not None}):
-                notes.append(f"accuracy of {label}: {verdict}, {why}")
+                notes.append(f"accuracy of {named}: {verdict}, {why}")
         for job in members:
             if job.verdict == "INVALID":
-                notes.append(f"{label} bs {job.bs}: INVALID: {job.tags.get(REASONS_TAG, '?')}")
+                notes.append(f"{named} bs {job.bs}: INVALID: {job.tags.get(REASONS_TAG, '?')}")
             if job.tags.get(REUSED_TAG):
                 measured = job.tags.get("benchmark.measured_at", "?")
-                notes.append(f"{label} bs {job.bs}: throughput reused from run "
+                notes.append(f"{named} bs {job.bs}: throughput reused from run "
                              f"{job.tags[REUSED_TAG]} (measured {measured})")
     for job in jobs:
         if job.status not in ("FINISHED",) and job.error:
@@ -427,12 +499,16 @@ def sweep_report(jobs: Sequence[Job], title: str, extra_notes: Sequence[str] = (
             notes.append(f"{where} ({what} bs {job.bs}) {job.status}: {job.error}")
     header = ["model / chip", "top-1 %", "top-5 %", *(f"bs{bs} img/s" for bs in sizes),
               "benchmark", "accuracy", *(["vs baseline"] if versus is not None else [])]
+    lead = 3
+    if by_precision:
+        header, rows = _with_precision_columns(header, rows, extras)
+        lead = 5
     datasets = {key[2] for key in groups}
     if len(datasets) == 1:
         title += f", dataset {datasets.pop()}"
     out = [textwrap.shorten(f"## {title}", WIDTH), ""]
     out += _fitted(header, [[_cell(c) for c in r] for r in rows],
-                   fixed_tail=2 + (versus is not None))
+                   fixed_tail=2 + (versus is not None), lead=lead)
     out.append("")
     legend = (f"img/s: throughput, 1000*bs / mean compute ms of one synchronous inference "
               f"(ais_bench's figure); top-k: % of images with the label in the k highest "
@@ -440,6 +516,9 @@ def sweep_report(jobs: Sequence[Job], title: str, extra_notes: Sequence[str] = (
               f"`{INVALID_MARK}` INVALID figure, `{REUSED_MARK}` reused from an earlier run; "
               "benchmark: VALID/INVALID (all bs of the row); accuracy: PASS/FAIL by the rule, "
               "N/A where it does not apply (random weights, not the whole ImageNet val).")
+    if by_precision:
+        legend += (" precision: chip.precision; top-1 vs fp32: the row's top-1 minus fp32's on "
+                   "the same model, chip and dataset, points.")
     if versus is not None:
         legend += (" vs baseline: the worst verdict of the row's runs against compare.baseline "
                    "(REGRESSED, INVALID, UNMATCHED, IMPROVED, SAME; beyond noise by the rule "
@@ -467,10 +546,23 @@ def _once_signed(values: list[float]) -> str:
     return f"{low:+.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:+.2f}..{high:+.2f}"
 
 
-def _fitted(header: list[str], rows: list[list[str]], fixed_tail: int) -> list[str]:
+def _with_precision_columns(header: list[str], rows: list[list[str]],
+                            extras: Sequence[tuple[str, str]]) -> tuple[list[str],
+                                                                        list[list[str]]]:
+    """A precision sweep's table: the precision after the label, top-1 vs fp32 after top-5."""
+    def widened(row: Sequence[str], precision: str, delta: str) -> list[str]:
+        return [row[0], precision, row[1], row[2], delta, *row[3:]]
+
+    return (widened(header, "precision", "top-1 vs fp32 pt"),
+            [widened(row, *extra) for row, extra in zip(rows, extras, strict=True)])
+
+
+def _fitted(header: list[str], rows: list[list[str]], fixed_tail: int,
+            lead: int = 3) -> list[str]:
     """The table, its batch-size columns split over several tables where one would be wider
-    than WIDTH (the label, top-1 and top-5 repeat; the verdicts go with the last part)."""
-    lead, tail = 3, fixed_tail
+    than WIDTH (the first `lead` columns repeat: label, top-1, top-5, and in a precision sweep
+    the precision and top-1 vs fp32; the verdicts go with the last part)."""
+    tail = fixed_tail
     middle = list(range(lead, len(header) - tail))
     parts: list[list[int]] = [[]]
     for column in middle:
@@ -496,7 +588,8 @@ def _fitted(header: list[str], rows: list[list[str]], fixed_tail: int) -> list[s
 CSV_METRICS = ("top1", "top5", "throughput_fps", "throughput_fps_min", "throughput_fps_max",
                "throughput_cv", "latency_ms_p50", "latency_ms_p99", "e2e_fps", "benchmark_valid",
                "top1_delta_pt", "top5_delta_pt", "fps_vs_published")
-CSV_COLUMNS = ("job", "model", "chip", "bs", "dataset", *CSV_METRICS, "published_top1",
+CSV_COLUMNS = ("job", "model", "chip", "precision", "bs", "dataset", *CSV_METRICS,
+               "top1_vs_fp32_pt", "published_top1",
                "published_top5", "published_fps", "accuracy", "accuracy_why", "verdict",
                "verdict_reasons", "reused_from", "cache", "status", "error", "run_id")
 
@@ -505,14 +598,18 @@ def csv_table(jobs: Sequence[Job]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
+    reference = fp32_top1(jobs)
     for job in jobs:
         comparison = job.comparison()
         published = job.published
         ref = published.reference_accuracy if published else None
         metrics = {**job.metrics, **comparison.metrics()}
+        versus_fp32 = top1_vs_fp32(job, reference)
         writer.writerow([
-            "" if job.job is None else job.job, job.model, job.chip, job.bs, job.dataset,
+            "" if job.job is None else job.job, job.model, job.chip, job.precision, job.bs,
+            job.dataset,
             *(format(metrics[m], ".6g") if m in metrics else "" for m in CSV_METRICS),
+            "" if versus_fp32 is None else format(versus_fp32, ".6g"),
             ref[0] if ref else "", ref[1] if ref else "",
             "" if comparison.published_fps is None else comparison.published_fps,
             comparison.accuracy if comparison.deltas is not None else "", comparison.why,

@@ -102,6 +102,62 @@ def plot(jobs: Sequence[report.Job], metric: str, ylabel: str, title: str) -> An
     return figure
 
 
+def accuracy_vs_throughput(jobs: Sequence[report.Job]) -> Any:
+    """A precision sweep's trade-off: top-1 against throughput, one point per precision and
+    batch size (a marker per precision, a colour per model and chip), each model and chip's
+    Pareto front (no point both faster and more accurate) drawn as a step line."""
+    from matplotlib.figure import Figure
+
+    several_datasets = len({job.dataset for job in jobs}) > 1
+    series: dict[str, list[report.Job]] = {}
+    for job in jobs:
+        if (job.status == "FINISHED" and "top1" in job.metrics
+                and "throughput_fps" in job.metrics):
+            label = f"{job.model} / {job.chip}" + (f" / {job.dataset}" if several_datasets
+                                                    else "")
+            series.setdefault(label, []).append(job)
+    markers = dict(zip(report.precisions(jobs), "os^Dvx", strict=False))
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.subplots()
+    for label, members in sorted(series.items()):
+        points = [(j.metrics["throughput_fps"], j.metrics["top1"]) for j in members]
+        front = report.pareto_front(points)
+        (line,) = axes.plot([p[0] for p in front], [p[1] for p in front], drawstyle="steps-post",
+                            label=f"{label}: Pareto front")
+        color = line.get_color()
+        for job, (fps, top1) in zip(members, points, strict=True):
+            hollow = job.verdict == "INVALID"
+            axes.plot([fps], [top1], marker=markers.get(job.precision, "o"), color=color,
+                      markerfacecolor="none" if hollow else color, linestyle="none")
+            axes.annotate(f"{job.precision or '?'} bs{job.bs}", (fps, top1), fontsize=7,
+                          textcoords="offset points", xytext=(4, 4))
+    axes.set_xlabel("throughput_fps (images/s)")
+    axes.set_ylabel("top-1 %")
+    axes.set_title("accuracy vs throughput per precision and batch size\nmarker: precision "
+                   f"({', '.join(f'{m} {p}' for p, m in markers.items())}); hollow: INVALID "
+                   "figure", fontsize=9)
+    axes.grid(True, alpha=0.3)
+    if series:
+        axes.legend(fontsize=8)
+    return figure
+
+
+def figures(jobs: Sequence[report.Job]) -> dict[str, Any]:
+    """The sweep's plots by file name: throughput and latency against bs, and in a precision
+    sweep accuracy against throughput."""
+    made = {
+        "throughput_vs_bs.png": plot(jobs, "throughput_fps", "throughput_fps (images/s)",
+                                     "throughput vs batch size: 1000*bs / mean compute ms, "
+                                     "benchmark stage"),
+        "latency_p99_vs_bs.png": plot(jobs, "latency_ms_p99", "latency p99 (ms per batch)",
+                                      "latency vs batch size: p99 of per-call compute ms, "
+                                      "benchmark stage"),
+    }
+    if report.is_precision_sweep(jobs):
+        made["accuracy_vs_throughput.png"] = accuracy_vs_throughput(jobs)
+    return made
+
+
 def sweep_params(overrides: Sequence[str]) -> dict[str, str]:
     """The sweep's command-line values by key (`bs` -> `1,4,8`), as the values parsed, never
     Hydra's escaped text; Hydra's own keys left out."""
@@ -310,20 +366,13 @@ class SweepCallback(Callback):
                            "REGRESSED" if self.gate_failure else comparison.summary())
         (out_dir / "report.md").write_text(text)
         (out_dir / "table.csv").write_text(report.csv_table(jobs))
-        figures = {
-            "throughput_vs_bs.png": plot(jobs, "throughput_fps", "throughput_fps (images/s)",
-                                         "throughput vs batch size: 1000*bs / mean compute ms, "
-                                         "benchmark stage"),
-            "latency_p99_vs_bs.png": plot(jobs, "latency_ms_p99", "latency p99 (ms per batch)",
-                                          "latency vs batch size: p99 of per-call compute ms, "
-                                          "benchmark stage"),
-        }
-        for name, figure in figures.items():
+        plots = figures(jobs)
+        for name, figure in plots.items():
             figure.savefig(out_dir / name, dpi=100)
         client.set_tag(self.parent_run_id, "mlflow.note.content", text)
         client.log_artifact(self.parent_run_id, str(out_dir / "report.md"), TABLE_DIR)
         client.log_artifact(self.parent_run_id, str(out_dir / "table.csv"), TABLE_DIR)
-        for name, figure in figures.items():
+        for name, figure in plots.items():
             client.log_figure(self.parent_run_id, figure, f"{TABLE_DIR}/{name}")
         client.log_metric(self.parent_run_id, "jobs_finished", finished)
         client.log_metric(self.parent_run_id, "jobs_failed", len(jobs) - finished)

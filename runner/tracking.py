@@ -165,6 +165,8 @@ PARAM_KEYS = (
     "infer.result_format", "benchmark.input", "benchmark.warmup_iters", "benchmark.min_iters",
     "benchmark.min_duration_s", "benchmark.repeats", "cache.force",
 )
+# chip.precision=int8: the quantization's calibration, a setting of what is measured there
+INT8_PARAM_KEYS = ("chip.calibration.method", "chip.calibration.num_images")
 MAX_PARAMS = 30
 MEMORY_TAG = "peak_rss.method"  # how peak_rss_mib and peak_rss_mib_<stage> are measured
 BY_BS_METRIC = "throughput_fps_by_bs"  # throughput_fps logged at step = bs
@@ -198,7 +200,8 @@ def run_params(tree: dict[str, Any], overrides: list[str],
     the config groups' selected options (`debug=smoke` is a group, not a key)."""
     cfg = OmegaConf.create(tree)
     params: dict[str, Any] = {}
-    for key in (*PARAM_KEYS, *override_keys(overrides)):
+    int8 = OmegaConf.select(cfg, "chip.precision", default=None) == "int8"
+    for key in (*PARAM_KEYS, *(INT8_PARAM_KEYS if int8 else ()), *override_keys(overrides)):
         if key in params or key in GROUPS_AS_TAGS:
             continue
         if choices and key in choices:

@@ -142,3 +142,19 @@ def test_full_size_refuses_bad_arguments_before_any_work(args: tuple[str, ...]) 
                             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and f"error: {args[0]} " in result.stderr, result.stderr
     assert "==" not in result.stdout  # refused before the header, so before generating images
+
+
+def test_int8(tmp_path: Path) -> None:
+    # the real sample where the machine has one, generated images otherwise
+    out = run_script("int8", "--models", "alexnet", "--bs", "2", "--images", "8",
+                     "--calibration-images", "4", "--rounds", "1", *QUICK, "--cache-dir",
+                     str(tmp_path))
+    row = next(line for line in out.splitlines() if line.startswith("alexnet") and "." in line)
+    figures = row.split()
+    fp32, int8, ratio = float(figures[2]), float(figures[4]), float(figures[6])
+    assert fp32 > 0 and int8 > 0 and ratio == pytest.approx(int8 / fp32, rel=0.02)
+    agreement = next(line for line in out.splitlines()
+                     if line.startswith("alexnet") and line.split()[1] == "8")
+    agree, relative = float(agreement.split()[2]), float(agreement.split()[3])
+    assert 0 <= agree <= 1 and 0 < relative < 0.5  # int8 differs from fp32, and not wildly
+    assert "loads per round: fp32" in out and "MinMax on 4 images" in out

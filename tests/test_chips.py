@@ -44,7 +44,22 @@ def test_every_chip_entry_composes(name: str) -> None:
      r"^chip.cuda_graphs=true .* needs runtime torch on device_type cuda \(chip=cuda\), not "
      r"torch on cpu"),
     (("chip=cuda_ort", "chip.cuda_graphs=true"), r"^chip.cuda_graphs=true .*not onnxruntime on"),
-    (("chip=cuda", "chip.precision=fp8"), r"^chip.precision='fp8' is not one of fp32, fp16, bf16"),
+    (("chip=cuda", "chip.precision=fp8"),
+     r"^chip.precision='fp8' is not one of fp32, fp16, bf16, int8"),
+    # int8 is ONNX Runtime's static quantization on the CPU only; Ascend's is AMCT's job
+    (("chip=ascend310p3", "chip.precision=int8"),
+     r"^chip.precision=int8 is ONNX Runtime's static quantization on the CPU \(chip=cpu\), not "
+     r"runtime ais_bench on npu \(chip=ascend310p3\): quantize for Ascend with AMCT"),
+    (("chip=torch_cpu", "chip.precision=int8"),
+     r"^chip.precision=int8 .*not runtime torch on cpu \(chip=torch_cpu\): use chip=cpu"),
+    (("chip=cuda", "chip.precision=int8"), r"^chip.precision=int8 .*not runtime torch on cuda"),
+    (("chip=cuda_ort", "chip.precision=int8"),
+     r"^chip.precision=int8 .*not runtime onnxruntime on cuda \(chip=cuda_ort\)"),
+    (("chip=tensorrt_ort", "chip.precision=int8"), r"^chip.precision=int8 .*chip=tensorrt_ort"),
+    (("chip=cpu", "chip.precision=int8", "chip.calibration.num_images=0"),
+     r"^chip.calibration.num_images=0 must be > 0"),
+    (("chip=cpu", "chip.precision=int8", "chip.calibration.method=KL"),
+     r"^chip.calibration.method='KL' is not one of MinMax, Entropy, Percentile"),
 ])
 def test_impossible_chip_settings_name_the_key(overrides: tuple[str, ...], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

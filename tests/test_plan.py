@@ -59,6 +59,9 @@ def test_the_reference_is_a_stage_of_the_presets(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("overrides", "message"), [
     (("debug=smoke", "chip.precision=fp16"),
      r"chip\.precision=fp16 is not supported by runtime onnxruntime"),
+    (("debug=smoke", "chip=ascend310p3", "chip.precision=int8"),
+     r"chip\.precision=int8 is ONNX Runtime's static quantization on the CPU \(chip=cpu\), not "
+     r"runtime ais_bench .*AMCT"),
     (("debug=smoke", "dataset=imagenet", "dataset.root=null"), r"dataset\.root is not set"),
     (("debug=smoke", "cache-under-a-file"), r"paths\.cache_dir=.* is not writable"),
     (("debug=smoke", "model.weights=http://127.0.0.1:9/alexnet-owt-4df8aa71.pth"),

@@ -43,6 +43,10 @@ READS: dict[str, set[str]] = {
     "parity.tolerance.fp32.max_abs_diff=0.01": {"parity"},
     "parity.tolerance.fp16.max_abs_diff=0.5": set(),  # the chip runs fp32
     "parity.tolerance.bf16.max_abs_diff=0.9": set(),
+    "parity.tolerance.int8.max_abs_diff=0.9": set(),
+    # int8's calibration: read by convert only where the chip runs int8 (test below)
+    "chip.calibration.num_images=10": set(),
+    "chip.calibration.method=Entropy": set(),
     "benchmark.min_iters=7": {"benchmark"},
     "benchmark.input=zero": {"benchmark"},
     "benchmark.max_cv=0.1": {"benchmark"},  # the verdict is part of the measurement
@@ -175,3 +179,27 @@ def test_a_real_dataset_is_keyed_by_each_image_size_and_mtime_and_the_label_file
     name, label = lines[0].split()
     labels.write_text("\n".join([f"{name} {(int(label) + 1) % 1000}", *lines[1:]]) + "\n")
     assert preprocess_key() != resized
+
+
+def test_int8_keys_its_convert_by_the_calibration_and_its_images(results_folder: Path,
+                                                                  tmp_path: Path) -> None:
+    base = keys(results_folder, tmp_path)
+    int8 = keys(results_folder, tmp_path, "chip.precision=int8")
+    sessions = {"infer", "benchmark", "e2e"}
+    # the quantized model, the sessions that run it and parity's int8 tolerance
+    assert {n for n in STAGE_NAMES if int8[n] != base[n]} == {"convert", *sessions, "parity"}
+    for option in ("chip.calibration.num_images=10", "chip.calibration.method=Entropy",
+                   "chip.calibration.method=Percentile"):
+        changed = keys(results_folder, tmp_path, "chip.precision=int8", option)
+        # a new model: every stage that reads it (its digest) is another entry, by its input
+        assert {n for n in STAGE_NAMES if changed[n] != int8[n]} == {"convert"}, option
+    # the calibration images are the run's dataset: another dataset, another int8 model
+    for option in ("dataset.synthetic.num_images=9", "seed=1", "model.preprocess.resize=300",
+                   "model.preprocess.mean=[0.5,0.5,0.5]"):
+        fp32_changed = keys(results_folder, tmp_path, option)
+        changed = keys(results_folder, tmp_path, "chip.precision=int8", option)
+        assert changed["convert"] != int8["convert"], option
+        assert fp32_changed["convert"] == base["convert"], option
+    tolerance = keys(results_folder, tmp_path, "chip.precision=int8",
+                     "parity.tolerance.int8.min_top1_agreement=0.5")
+    assert {n for n in STAGE_NAMES if tolerance[n] != int8[n]} == {"parity"}

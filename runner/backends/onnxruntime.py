@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from runner import environment
+from runner import environment, quantize
 from runner.backends import SessionSettings
+from runner.cache import source_digest
 from runner.config import RunConfig
 from runner.errors import ConfigError, ToolMissingError
 from runner.settings import runtime_only
@@ -28,13 +29,18 @@ class ConvertSettings:
 
     providers: tuple[str, ...]
     onnxruntime: str
+    # chip.precision=int8: the static quantization's calibration (None: the fp32 graph)
+    calibration: quantize.Calibration | None = None
+    quantize_code: str = ""  # runner/quantize.py's digest, where it runs
     device: int = runtime_only(0)  # the provider's device while optimizing
     threads: int = runtime_only(0)
 
 
 def convert_settings(cfg: RunConfig) -> ConvertSettings:
-    return ConvertSettings(tuple(cfg.chip.providers), _ort_version(), cfg.chip.devices[0],
-                           cfg.chip.threads)
+    calibration = quantize.Calibration.from_config(cfg)
+    return ConvertSettings(tuple(cfg.chip.providers), _ort_version(), calibration,
+                           source_digest("runner.quantize") if calibration else "",
+                           cfg.chip.devices[0], cfg.chip.threads)
 
 
 def _ort_version() -> str:
@@ -44,11 +50,12 @@ def _ort_version() -> str:
 
 def check(session: SessionSettings, devices: tuple[int, ...]) -> None:
     """Settings this runtime would silently ignore are refused: the run must be what it says."""
-    if session.precision != "fp32":
+    if session.precision not in ("fp32", "int8"):
         raise ConfigError(
             f"chip.precision={session.precision} is not supported by runtime onnxruntime (it "
-            "runs the fp32 ONNX as exported): use chip.precision=fp32, or chip=cuda / "
-            "chip=torch_cpu (PyTorch) for fp16 and bf16"
+            "runs the fp32 ONNX as exported, or its int8 quantization on the CPU): use "
+            "chip.precision=fp32 or int8, or chip=cuda / chip=torch_cpu (PyTorch) for fp16 and "
+            "bf16"
         )
     if session.channels_last:
         raise ConfigError(
@@ -56,6 +63,12 @@ def check(session: SessionSettings, devices: tuple[int, ...]) -> None:
             "itself): remove it, or use chip=cuda / chip=torch_cpu (PyTorch)"
         )
     on_cuda = any(p != "CPUExecutionProvider" for p in session.providers)
+    if session.precision == "int8" and on_cuda:
+        raise ConfigError(
+            f"chip.precision=int8 is ONNX Runtime's static quantization on the CPU, not with "
+            f"chip.providers={list(session.providers)}: use chip=cpu for int8, or "
+            "chip.precision=fp32"
+        )
     if (session.device_type == "cuda") != on_cuda:
         raise ConfigError(
             f"chip.device_type={session.device_type} does not match chip.providers="
@@ -94,13 +107,17 @@ def _providers(providers: tuple[str, ...], device: int) -> list[Any]:
 
 def convert(onnx_path: Path, out_dir: Path, settings: ConvertSettings,
             ) -> tuple[Path, dict[str, Any]]:
-    """Save ONNX Runtime's offline-optimized graph (constant folding, node fusions).
+    """Save ONNX Runtime's offline-optimized graph (constant folding, node fusions), or for
+    chip.precision=int8 the statically quantized QDQ model (runner/quantize.py), which ONNX
+    Runtime fuses into its int8 kernels when a session opens it.
 
     ORT_ENABLE_EXTENDED, not ALL: layout optimizations of the ALL level are specific to the
     machine and ONNX Runtime warns against saving them; they are applied again when loading.
     """
     import onnxruntime as ort
 
+    if settings.calibration is not None:
+        return quantize.quantize(onnx_path, out_dir, settings.calibration)
     target = out_dir / OPTIMIZED_MODEL
     options = _options(settings.threads)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED

@@ -46,5 +46,8 @@ def run(settings: Settings, inputs: dict[str, Path], out_dir: Path) -> StageOutp
     onnx_file.check(inputs["onnx"])  # a damaged file fails here, named, not in the runtime
     model_path, facts = backend_for(settings.runtime).convert(inputs["onnx"], out_dir,
                                                                settings.backend)
-    return StageOutput(artifacts={"model": model_path.name},
+    # int8: how many images the quantization was calibrated on (num_images, clipped)
+    metrics = ({"calibration_images": float(facts["calibration_images"])}
+               if "calibration_images" in facts else {})
+    return StageOutput(artifacts={"model": model_path.name}, metrics=metrics,
                        info={"runtime": settings.runtime, **facts})
