@@ -377,11 +377,10 @@ def fp32_top1(jobs: Sequence[Job]) -> dict[tuple[str, str, str], float]:
             if (top1 := _mean_top1(members)) is not None}
 
 
-def top1_vs_fp32(job_or_members: Job | Sequence[Job], reference: Mapping[tuple[str, str, str],
-                 float]) -> float | None:
-    """Top-1 points of a job (or a row of jobs of one precision) minus fp32's; None for fp32
-    itself or where fp32 has no top-1."""
-    members = [job_or_members] if isinstance(job_or_members, Job) else list(job_or_members)
+def top1_vs_fp32(members: Sequence[Job], reference: Mapping[tuple[str, str, str], float],
+                 ) -> float | None:
+    """Top-1 points of jobs of one precision (a job, or a table row) minus fp32's; None for
+    fp32 itself or where fp32 has no top-1."""
     if not members or members[0].precision in ("", FP32) or members[0].group not in reference:
         return None
     top1 = _mean_top1(members)
@@ -604,7 +603,7 @@ def csv_table(jobs: Sequence[Job]) -> str:
         published = job.published
         ref = published.reference_accuracy if published else None
         metrics = {**job.metrics, **comparison.metrics()}
-        versus_fp32 = top1_vs_fp32(job, reference)
+        versus_fp32 = top1_vs_fp32([job], reference)
         writer.writerow([
             "" if job.job is None else job.job, job.model, job.chip, job.precision, job.bs,
             job.dataset,

@@ -76,7 +76,7 @@ class Workspace:
             shutil.copyfile(self.template, self.db)
         # `python -m runner`, started warm (tests/warm_cli.py)
         result = run_cli([*args, *self.overrides()], cwd=PROJECT_ROOT, timeout=timeout,
-                         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+                         env={**os.environ, **(env or {})})
         if check and result.returncode != 0:
             raise AssertionError(
                 f"runner exited {result.returncode}\nstdout:\n{result.stdout[-4000:]}\n"

@@ -12,16 +12,8 @@ from tests import warm_cli
 
 def both(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[
         subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
-    warm = warm_cli.run_cli(args, cwd=cwd, env=env, timeout=120)
-    fresh_env = {**os.environ, "RUNNER_TEST_FRESH_CLI": "1"}
-    saved = dict(os.environ)
-    os.environ.update(fresh_env)
-    try:
-        fresh = warm_cli.run_cli(args, cwd=cwd, env=env, timeout=120)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    return warm, fresh
+    return (warm_cli.run_cli(args, cwd=cwd, env=env, timeout=120, fresh=False),
+            warm_cli.run_cli(args, cwd=cwd, env=env, timeout=120, fresh=True))
 
 
 def test_a_refused_config_exits_and_prints_as_a_fresh_process_does(tmp_path: Path) -> None:

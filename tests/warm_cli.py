@@ -28,6 +28,7 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -140,7 +141,8 @@ class _Server:
     def __init__(self) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.warm_cli"], cwd=PROJECT_ROOT, text=True,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_server_env())
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self._read(timeout=300)
 
     def _read(self, timeout: float | None) -> dict[str, Any]:
@@ -170,31 +172,28 @@ class _Server:
         return self.process.poll() is None
 
 
-def _server_env() -> dict[str, str]:
-    # the server's own environment: the pytest process's, with what every test run gets
-    return {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-
 _server: _Server | None = None
 
 
 def run_cli(args: list[str], cwd: Path | str = PROJECT_ROOT, env: dict[str, str] | None = None,
-            timeout: float = 600) -> subprocess.CompletedProcess[str]:
+            timeout: float = 600, fresh: bool | None = None,
+            ) -> subprocess.CompletedProcess[str]:
     """`python -m runner *args` with `env` (default: this process's), captured like
-    subprocess.run(capture_output=True, text=True); TimeoutExpired past `timeout`."""
+    subprocess.run(capture_output=True, text=True); TimeoutExpired past `timeout`. `fresh`: a
+    fresh subprocess instead of the warm server (default: RUNNER_TEST_FRESH_CLI=1)."""
     global _server
     env = dict(os.environ if env is None else env)
     env.setdefault("PYTHONUNBUFFERED", "1")
     command = [sys.executable, "-m", "runner", *args]
     started = time.monotonic()
-    if os.environ.get("RUNNER_TEST_FRESH_CLI") == "1":
+    if fresh is None:
+        fresh = os.environ.get("RUNNER_TEST_FRESH_CLI") == "1"
+    if fresh:
         result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
                                 timeout=timeout)
     else:
         if _server is None or not _server.alive():
             _server = _Server()
-        import tempfile
-
         with tempfile.TemporaryDirectory(prefix="warm-cli-") as folder:
             out, err = Path(folder, "stdout"), Path(folder, "stderr")
             request = {"argv": list(args), "cwd": str(cwd), "env": env, "stdout": str(out),
