@@ -7,8 +7,11 @@ every figure is SAME (INVALID rows, a busy machine's, are counted apart: the rul
 them), and each false alarm names the figure and verdict behind it. Detection: N pairs whose
 candidate is a test build 10% slower (benchmarks/slowed/sitecustomize.py on its PYTHONPATH: each
 InferenceSession.run sleeps a ninth of its own duration, so throughput is 0.90x; --slower threads:
-half the baseline's intra-op threads instead), counted when throughput_fps is REGRESSED. Both
-rates print with the load average (os.getloadavg) before and after each half.
+half the baseline's intra-op threads instead), counted when throughput_fps is REGRESSED. Every
+pair is judged by each of compare's kinds of noise (the standard error of the figure, the
+default, and one repeat's spread, the earlier rule) on the same runs, so their rates compare
+without the machine's hour between them. Both rates print with the load average
+(os.getloadavg) before and after each half.
 
     python -m benchmarks.compare_noise --pairs 20
 """
@@ -60,13 +63,43 @@ def one_run(work: Path, args: argparse.Namespace, threads: int, slowed: bool = F
     return latest.info.run_id
 
 
+# every pair is judged by each kind of noise (runner/compare.py Rule), the default first
+RULES = {kind: compare.Rule(noise=kind) for kind in compare.NOISE_KINDS}
+
+
 def pair(work: Path, args: argparse.Namespace, threads: tuple[int, int],
-         slowed: bool = False) -> compare.Comparison:
+         slowed: bool = False) -> dict[str, compare.Comparison]:
+    """One pair of runs, judged by each rule of RULES."""
     baseline = one_run(work, args, threads[0])
     candidate = one_run(work, args, threads[1], slowed)
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
-    return compare.compare(compare.load_side(baseline, "baseline", client),
-                           compare.load_side(candidate, "candidate", client))
+    sides = (compare.load_side(baseline, "baseline", client),
+             compare.load_side(candidate, "candidate", client))
+    return {kind: compare.compare(*sides, rule) for kind, rule in RULES.items()}
+
+
+class Tally:
+    """One rule's counts over one half's pairs."""
+
+    def __init__(self) -> None:
+        self.same = self.invalid = self.alarms = self.caught = 0
+        self.behind: Counter[str] = Counter()  # "throughput_fps IMPROVED" -> pairs
+
+    def identical(self, result: compare.Comparison) -> str:
+        counts = result.counts()
+        self.same += counts[compare.SAME] == sum(counts.values())
+        self.invalid += counts[compare.INVALID] > 0
+        wrong = [r for r in result.rows if r.verdict in ALARMS]
+        self.alarms += bool(wrong)
+        self.behind.update({f"{r.figure} {r.verdict}" for r in wrong})
+        why = "; ".join(f"{r.figure} {r.verdict} {r.change} (band {r.band})" for r in wrong)
+        return compare_line(counts) + (f", false alarm: {why}" if why else "")
+
+    def slower(self, result: compare.Comparison) -> str:
+        (row,) = [r for r in result.rows if r.figure == "throughput_fps"]
+        self.caught += row.verdict == compare.REGRESSED
+        self.invalid += row.verdict == compare.INVALID
+        return f"throughput {row.change} (band {row.band}) {row.verdict}"
 
 
 def load() -> str:
@@ -93,11 +126,10 @@ def main() -> None:
         raise SystemExit("--pairs must be >= 1 and --threads >= 2 (half of it is the candidate's)")
     half = args.threads // 2
     args.benchmark = ["debug=quick_benchmark", "benchmark.min_iters=20"] if args.quick else []
-    rule = compare.Rule()
     common.header(f"compare's false-alarm and detection rates, {args.pairs} pairs each", [
         f"{args.model} bs {args.bs}, dataset=synthetic, model.weights=random, stage=performance, "
         f"{' '.join(args.benchmark) or 'the default benchmark.* settings'}; one CLI process a run",
-        f"rule: {rule.text()}",
+        *(f"rule {kind}: {rule.text()}" for kind, rule in RULES.items()),
         f"identical: chip.threads={args.threads} twice; slower: "
         + (f"chip.threads={args.threads} then {half}" if args.slower == "threads" else
            "the candidate a test build 10% slower (each InferenceSession.run sleeps 1/9 of its "
@@ -109,39 +141,34 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="compare-noise-") as folder:
         work = Path(folder)
         before = load()
-        same = invalid = alarms = 0
-        behind: Counter[str] = Counter()  # "throughput_fps IMPROVED" -> pairs
+        identical = {kind: Tally() for kind in RULES}
         for n in range(args.pairs):
-            result = pair(work, args, (args.threads, args.threads))
-            counts = result.counts()
-            same += counts[compare.SAME] == sum(counts.values())
-            invalid += counts[compare.INVALID] > 0
-            wrong = [r for r in result.rows if r.verdict in ALARMS]
-            alarms += bool(wrong)
-            behind.update({f"{r.figure} {r.verdict}" for r in wrong})
-            why = "; ".join(f"{r.figure} {r.verdict} {r.change} (band {r.band})" for r in wrong)
-            print(f"  identical pair {n + 1}: {compare_line(counts)}"
-                  + (f"  false alarm: {why}" if why else "") + f"  load {load()}", flush=True)
+            judged = pair(work, args, (args.threads, args.threads))
+            lines = "; ".join(f"{kind}: {identical[kind].identical(result)}"
+                              for kind, result in judged.items())
+            print(f"  identical pair {n + 1}: {lines}  load {load()}", flush=True)
         identical_load = f"{before} -> {load()}"
         before = load()
-        caught = slow_invalid = 0
+        slower = {kind: Tally() for kind in RULES}
         for n in range(args.pairs):
             slow = args.slower == "sleep"
-            result = pair(work, args, (args.threads, args.threads if slow else half), slow)
-            (row,) = [r for r in result.rows if r.figure == "throughput_fps"]
-            caught += row.verdict == compare.REGRESSED
-            slow_invalid += row.verdict == compare.INVALID
-            print(f"  slower pair {n + 1}: throughput {row.change} (band {row.band}) "
-                  f"{row.verdict}  load {load()}", flush=True)
+            judged = pair(work, args, (args.threads, args.threads if slow else half), slow)
+            lines = "; ".join(f"{kind}: {slower[kind].slower(result)}"
+                              for kind, result in judged.items())
+            print(f"  slower pair {n + 1}: {lines}  load {load()}", flush=True)
         slower_load = f"{before} -> {load()}"
-    print(f"false alarms: {alarms}/{args.pairs} identical pairs ({alarms / args.pairs:.0%}) "
-          f"had a figure IMPROVED/REGRESSED/UNMATCHED"
-          + (f" ({', '.join(f'{k} in {n}' for k, n in behind.most_common())})" if behind else "")
-          + f"; SAME on every figure {same}/{args.pairs} "
-          f"({same / args.pairs:.0%}); pairs with INVALID rows {invalid}; load average "
-          f"(1/5/15 min) {identical_load}")
-    print(f"detection: throughput REGRESSED in {caught}/{args.pairs} slower pairs "
-          f"({caught / args.pairs:.0%}); INVALID {slow_invalid}; load average {slower_load}")
+    for kind in RULES:
+        same, fast = identical[kind], slower[kind]
+        print(f"rule {kind}: false alarms {same.alarms}/{args.pairs} identical pairs "
+              f"({same.alarms / args.pairs:.0%}) had a figure IMPROVED/REGRESSED/UNMATCHED"
+              + (f" ({', '.join(f'{k} in {n}' for k, n in same.behind.most_common())})"
+                 if same.behind else "")
+              + f"; SAME on every figure {same.same}/{args.pairs} "
+              f"({same.same / args.pairs:.0%}); pairs with INVALID rows {same.invalid}; load "
+              f"average (1/5/15 min) {identical_load}")
+        print(f"rule {kind}: detection: throughput REGRESSED in {fast.caught}/{args.pairs} "
+              f"slower pairs ({fast.caught / args.pairs:.0%}); INVALID {fast.invalid}; load "
+              f"average {slower_load}")
 
 
 def compare_line(counts: dict[str, int]) -> str:

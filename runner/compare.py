@@ -45,8 +45,12 @@ EXIT_OK, EXIT_REGRESSED, EXIT_BAD_INPUT = 0, 1, 2
 # varies among one side's runs joins it (the keys a sweep swept)
 IDENTITY = ("model", "chip", "chip.precision", "bs")
 # a run's metrics that the comparison reads besides the figures: the benchmark's noise
-NOISE_METRICS = ("throughput_cv", "benchmark_window_spread", "throughput_fps_min",
-                 "throughput_fps_max", "benchmark_valid", "latency_ms_p50_cv", "latency_ms_p99_cv")
+NOISE_METRICS = ("throughput_cv", "benchmark_window_spread", "benchmark_repeats",
+                 "throughput_fps_min", "throughput_fps_max", "benchmark_valid",
+                 "latency_ms_p50_cv", "latency_ms_p99_cv")
+# what a run's noise is: the standard error of its figure over its repeats (the default), or
+# the spread of one repeat (the earlier, wider rule: about sqrt(repeats) times the band)
+NOISE_KINDS = ("standard-error", "repeat-spread")
 
 
 class CompareError(RunnerError):
@@ -77,22 +81,35 @@ FIGURE_NAMES = tuple(f.metric for f in FIGURES)
 @dataclass(frozen=True)
 class Rule:
     """When a difference is beyond noise. Timing figures: each run's relative noise is the
-    larger of its repeats' coefficient of variation (throughput_cv), half its worst window
-    spread (benchmark_window_spread) and, for a latency percentile, the coefficient of variation
-    of that percentile over the repeats (latency_ms_p99_cv: a tail moves more than the mean);
-    the two runs' noise combine as sqrt(nb^2 + nc^2); the figure changed when
-    |candidate/baseline - 1| > max(k * combined, min_effect)."""
+    standard error of its figure: the spread of its repeats (the coefficient of variation of
+    their throughput, throughput_cv, and for a latency percentile the larger of that and the
+    percentile's own CV over the repeats, latency_ms_p99_cv: a tail moves more than the mean)
+    over sqrt(repeats), since the figure is taken over all the repeats' calls. A run of one
+    repeat has only its windows: half its worst window spread. The two runs' noise combine as
+    sqrt(nb^2 + nc^2); the figure changed when |candidate/baseline - 1| > max(k * combined,
+    min_effect). The repeats run back to back in one process, so they miss what varies between
+    processes (placement, the machine's hour): min_effect is the floor for that.
+
+    noise="repeat-spread" is the earlier, wider rule: n = max(throughput_cv, half the window
+    spread, the percentile's CV), one repeat's spread rather than the figure's. On the shared
+    2-core VM it let a 10% slowdown through in 2 of 13 pairs (docs/results.md)."""
 
     k: float = 2.0
     min_effect: float = 0.05
     memory_min_effect: float = 0.10
+    noise: str = "standard-error"
 
     def text(self) -> str:
+        noise = ("n = a run's standard error = its repeats' spread (throughput_cv; for latency "
+                 "p50/p99 the larger of it and that percentile's CV over the repeats) / "
+                 "sqrt(benchmark_repeats); one repeat: half its benchmark_window_spread"
+                 if self.noise == "standard-error" else
+                 "n = a run's relative noise = max(throughput_cv of its repeats, half its "
+                 "benchmark_window_spread, and for latency p50/p99 the CV of that percentile "
+                 "over the repeats)")
         return (f"timing figures (throughput, latency p50/p99, e2e): changed when |candidate/"
                 f"baseline - 1| > max({self.k:g} x sqrt(nb^2 + nc^2), {self.min_effect:.0%}), "
-                "n = a run's relative noise = max(throughput_cv of its repeats, half its "
-                "benchmark_window_spread, and for latency p50/p99 the CV of that percentile "
-                "over the repeats; e2e has no repeats: its run's benchmark noise); "
+                f"{noise}; e2e has no repeats: its run's benchmark noise; "
                 f"peak memory: changed beyond {self.memory_min_effect:.0%} (one sample per run, "
                 "no spread); top-k (the same dataset, so exact): equal is SAME, any change "
                 "REGRESSED/IMPROVED, named within or beyond the guide's max_accuracy_drop "
@@ -121,16 +138,19 @@ class Entry:
     def keys(self) -> set[str]:
         return {"model", "chip", "dataset", *self.params}
 
-    def noise(self, metric: str = "") -> float | None:
-        """The benchmark's relative noise for `metric` (Rule); None when the run logged none."""
-        parts = []
-        if "throughput_cv" in self.metrics:
-            parts.append(self.metrics["throughput_cv"])
-        if "benchmark_window_spread" in self.metrics:
-            parts.append(self.metrics["benchmark_window_spread"] / 2)
-        if f"{metric}_cv" in self.metrics and metric.startswith("latency_ms_p"):
-            parts.append(self.metrics[f"{metric}_cv"])
-        return max(parts) if parts else None
+    def noise(self, metric: str = "", kind: str = NOISE_KINDS[0]) -> float | None:
+        """The benchmark's relative noise for `metric` by the Rule's `kind` of noise; None when
+        the run logged none."""
+        # a latency percentile has its own spread over the repeats besides the throughput's
+        keys = ["throughput_cv", *([f"{metric}_cv"] if metric.startswith("latency_ms_p") else [])]
+        spread = [self.metrics[key] for key in keys if key in self.metrics]
+        windows = self.metrics.get("benchmark_window_spread")
+        if kind == "repeat-spread":
+            parts = [*spread, *([windows / 2] if windows is not None else [])]
+            return max(parts) if parts else None
+        if spread:
+            return max(spread) / math.sqrt(max(self.metrics.get("benchmark_repeats", 1.0), 1.0))
+        return windows / 2 if windows is not None else None
 
 
 @dataclass
@@ -427,7 +447,8 @@ def judge(b: Entry | None, c: Entry | None, label: str, rule: Rule) -> list[Row]
             invalid = [f"{w} run {e.run_id}" for w, e in (("baseline", b), ("candidate", c))
                        if e.benchmark_verdict == "INVALID"]
             row.verdict, row.threshold, row.why = judge_timing(
-                figure, bv, cv, b.noise(figure.metric), c.noise(figure.metric), rule)
+                figure, bv, cv, b.noise(figure.metric, rule.noise),
+                c.noise(figure.metric, rule.noise), rule)
             if invalid:  # e2e too: no verdict of its own, held to the same machine's noise
                 row.verdict = INVALID
                 row.why = f"benchmark INVALID in the {' and '.join(invalid)}"
@@ -567,6 +588,11 @@ def parser() -> argparse.ArgumentParser:
                    f"{Rule.k:g})")
     p.add_argument("--min-effect", type=float, default=Rule.min_effect,
                    help=f"smallest relative change of a timing figure (default {Rule.min_effect})")
+    p.add_argument("--noise", choices=NOISE_KINDS, default=Rule.noise,
+                   help="a run's noise: the standard error of its figure over its repeats "
+                   "(default) or one repeat's spread (repeat-spread: a band about "
+                   "sqrt(repeats) times wider, fewer false alarms on a noisy host, less "
+                   "detection)")
     p.add_argument("--memory-min-effect", type=float, default=Rule.memory_min_effect,
                    help=f"of peak memory (default {Rule.memory_min_effect})")
     p.add_argument("--save", metavar="FILE", help="write the results JSON (a side of a later "
@@ -607,7 +633,7 @@ def check_options(args: argparse.Namespace) -> tuple[list[str], Rule]:
     if args.save and not Path(args.save).resolve().parent.is_dir():
         raise CompareError(f"--save {args.save}: folder {Path(args.save).parent} does not "
                            "exist; create it")
-    return fail_on, Rule(args.k, args.min_effect, args.memory_min_effect)
+    return fail_on, Rule(args.k, args.min_effect, args.memory_min_effect, args.noise)
 
 
 def exit_status(comparison: Comparison, fail_on: Sequence[str], strict: bool = False) -> int:
