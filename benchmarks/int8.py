@@ -88,7 +88,8 @@ def main() -> None:
         f"{args.rounds} rounds per (model, bs), fp32 and int8 alternating; each side >= "
         f"{args.min_iters} calls and >= {args.min_duration} s after >= 5 calls and 0.5 s of "
         "warm-up; fps = 1000 * bs / mean ms (benchmark stage's code)",
-        f"int8: static QDQ, per-channel weights, MinMax on {args.calibration_images} images; "
+        "int8: static QDQ, uint8 activations, int8 per-channel weights, MinMax on "
+        f"{args.calibration_images} images; "
         f"agreement on {args.images} images of {dataset} (infer stage); random weights",
         f"threads={args.threads or 'runtime default'}, CPUExecutionProvider; load: 1-minute "
         "load average when the figure was taken",
