@@ -130,7 +130,7 @@ def judge(settings: SearchConfig, metrics: Mapping[str, float],
         if p99 is None:
             reasons.append(f"no {LATENCY} in this run")
         elif p99 > budget:
-            reasons.append(f"{LATENCY} {p99:.1f} ms > budget {budget:g} ms")
+            reasons.append(f"p99 {p99:.1f} ms > budget {budget:g} ms")
     if accuracy.accuracy == report.FAIL:
         reasons.append(f"accuracy FAIL: {accuracy.why}")
     elif accuracy.accuracy == report.NOT_APPLICABLE:
@@ -231,7 +231,7 @@ def outcome(jobs: Sequence[report.Job], settings: Mapping[str, str], sampler: st
         value, top = trial.value(objective), best.value(objective) if best else None
         if value is None or not top:
             return f"feasible, no {objective}"
-        return f"feasible, {100 * (1 - value / top):.1f}% slower than the best"
+        return f"feasible, {100 * (1 - value / top):.1f}% slower"
 
     def rank(trial: Trial) -> tuple[Any, ...]:
         value = trial.value(objective)
@@ -242,12 +242,12 @@ def outcome(jobs: Sequence[report.Job], settings: Mapping[str, str], sampler: st
     for trial in sorted(trials, key=rank):
         job = trial.job
         again = first_of.get(trial.setting)
-        repeat = (f" (again: as job {again})" if again is not None and job.job is not None
+        repeat = (f" (as job {again})" if again is not None and job.job is not None
                   and again != job.job else "")
-        accuracy = job.comparison().accuracy if job.status == "FINISHED" else "—"
+        mark = report.INVALID_MARK if job.verdict == "INVALID" else ""
         rows.append(["" if job.job is None else str(job.job), trial.setting + repeat,
-                     _number(trial.value(objective)), _number(job.metrics.get(LATENCY)),
-                     accuracy, job.verdict or "—", textwrap.shorten(lost(trial), 72)])
+                     _number(trial.value(objective)) + mark, _number(job.metrics.get(LATENCY)),
+                     lost(trial)])
     title = (f"## Constrained search: maximize {objective} subject to {LATENCY} <= "
              + (f"{budget} ms" if budget not in ("none", "per trial") else f"{budget}")
              + " and the guide's accuracy rule")
@@ -269,15 +269,21 @@ def outcome(jobs: Sequence[report.Job], settings: Mapping[str, str], sampler: st
                f"{infeasible} infeasible, {failed} failed" + (f"; {sampler}" if sampler else "")]
     notes = {n for t in trials for n in t.job.tags.get(NOTES_TAG, "").split("; ") if n}
     bullets += [f"note: {n}" for n in sorted(notes)]
-    if any(t.job.verdict == "INVALID" for t in trials):
-        bullets.append("INVALID: a figure measured while others used the device (or unstable);"
-                       " close calls between trials may go either way (benchmark.require_valid="
-                       "true fails such runs)")
+    bullets.append(f"p99: {LATENCY} of the benchmark, ms per batch; `{report.INVALID_MARK}`: "
+                   "an INVALID figure (unstable, or measured while others used the device), "
+                   "where close calls between trials may go either way (benchmark.require_valid"
+                   "=true fails such runs); (as job N): a setting the sampler proposed again, "
+                   "measured again; the accuracy of each trial: the table above")
     for bullet in bullets:
         out += textwrap.wrap(bullet, report.WIDTH, initial_indent="- ", subsequent_indent="  ")
     out.append("")
-    header = ["job", "setting", objective, "p99 ms", "accuracy", "benchmark", "outcome"]
-    table = report._table(header, [[report._cell(c) for c in r] for r in rows], {2, 3})
+    header = ["job", "setting", objective, "p99 ms", "outcome"]
+    # the outcome, last, gets what the other columns leave of the report's width
+    used = sum(max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(4)) if rows else 0
+    room = max(24, report.WIDTH - used - 3 * len(header) - 1)
+    cells = [[report._cell(c) for c in r[:-1]] + [textwrap.shorten(report._cell(r[-1]), room)]
+             for r in rows]
+    table = report._table(header, cells, {2, 3})
     out += table
     return Outcome("\n".join(out) + "\n", best, objective, len(trials), len(feasible))
 
