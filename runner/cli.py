@@ -91,6 +91,11 @@ def _redact_hydra_files() -> None:
     redact.rewrite_files(hydra_files)
 
 
+def _sweeper_target() -> str | None:
+    """The sweeper running this job (the job's own config has no `hydra` node)."""
+    return OmegaConf.select(HydraConfig.get(), "sweeper._target_", default=None)
+
+
 def run_job(cfg: DictConfig) -> dict[str, float] | float:
     """One job: validate and plan (every check that needs no work), then run every stage inside
     an MLflow run; the metrics, or in a search (runner/search.py) the objective the sweeper
@@ -102,8 +107,7 @@ def run_job(cfg: DictConfig) -> dict[str, float] | float:
     _redact_hydra_files()  # first: a job refused below keeps its files too
     try:
         run_cfg = config.validate(cfg)
-        searching = search.active(run_cfg, OmegaConf.select(cfg, "hydra.sweeper._target_",
-                                                            default=None))
+        searching = search.active(run_cfg, _sweeper_target())
         if searching:
             search.check(run_cfg)
         check_host(run_cfg)
@@ -271,7 +275,7 @@ def main(cfg: DictConfig) -> dict[str, float] | float | None:
         print(f"runner: error: {message}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # the other jobs of the sweep still run; a search ranks this trial last
-            return search.INFEASIBLE if search.active_in(cfg) else None
+            return search.INFEASIBLE if search.active_in(cfg, _sweeper_target()) else None
         raise SystemExit(getattr(error, "exit_status", 1)) from None  # compare.baseline: 2
 
 

@@ -43,11 +43,10 @@ def active(cfg: RunConfig, sweeper_target: str | None) -> bool:
     return cfg.search.max_p99_ms is not None or sweeper_target == OPTUNA_SWEEPER
 
 
-def active_in(config: DictConfig) -> bool:
+def active_in(config: DictConfig, sweeper_target: str | None) -> bool:
     """`active` from a composed config that may not validate (a job refused before its run)."""
     return (OmegaConf.select(config, "search.max_p99_ms", default=None) is not None
-            or OmegaConf.select(config, "hydra.sweeper._target_", default=None)
-            == OPTUNA_SWEEPER)
+            or sweeper_target == OPTUNA_SWEEPER)
 
 
 def check(cfg: RunConfig) -> None:
@@ -74,6 +73,13 @@ def check_sweeper(config: DictConfig) -> None:
             f"hydra.sweeper.direction={name}: the search returns search.objective (images/s, "
             "infeasible trials -inf), which only maximize ranks right: set "
             "hydra.sweeper.direction=maximize (as experiment=search_cpu does)")
+    storage = OmegaConf.select(config, "hydra.sweeper.storage", default=None)
+    if storage is not None:
+        raise ConfigError(
+            f"hydra.sweeper.storage={storage}: optuna 2.10's database storage fails on the "
+            "SQLAlchemy 2 that MLflow needs (both pinned in requirements.lock): leave it null; a "
+            "search resumes from the stage cache instead (rerun it with "
+            "cache.reuse_measurements=true, docs/search.md)")
     raw = OmegaConf.select(config, "search", default=None)
     try:  # the block's own checks (max_p99_ms > 0 ...): once here, not once per trial
         SearchConfig(**(OmegaConf.to_container(raw, resolve=True) if raw is not None else {}))

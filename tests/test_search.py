@@ -126,6 +126,11 @@ def test_the_preset_searches_bs_and_precision_with_a_seeded_maximizing_sampler()
     with pytest.raises(ConfigError, match=r"hydra\.sweeper\.direction=minimize: .* set "
                        r"hydra\.sweeper\.direction=maximize"):
         search.check_sweeper(cfg)
+    cfg.hydra.sweeper.direction = "maximize"
+    cfg.hydra.sweeper.storage = "sqlite:///study.db"
+    with pytest.raises(ConfigError, match=r"hydra\.sweeper\.storage=sqlite:///study\.db: optuna "
+                       r"2\.10's database storage fails"):
+        search.check_sweeper(cfg)
 
 
 # -- real searches through the CLI --
@@ -135,9 +140,10 @@ SMALL_SEARCH = ("experiment=search_cpu", "stage=performance", "dataset=synthetic
 
 
 def _search(space: Workspace, *args: str) -> tuple[object, list, dict]:
+    """One search through the CLI: its parent run, children (in job order), optuna's result."""
     result = space.run("-m", *SMALL_SEARCH, *args, timeout=300)
     runs = space.runs()
-    (parent,) = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+    parent = [r for r in runs if r.data.tags.get("sweep.role") == "parent"][-1]
     children = sorted((r for r in runs if r.data.tags.get("mlflow.parentRunId")
                        == parent.info.run_id), key=lambda r: int(r.data.tags["sweep.job_num"]))
     (results,) = Path(parent.data.tags["sweep.dir"]).glob("optimization_results.yaml")
@@ -146,10 +152,13 @@ def _search(space: Workspace, *args: str) -> tuple[object, list, dict]:
 
 
 @pytest.mark.slow
-def test_a_search_names_its_best_feasible_setting_on_the_parent(workspace: Workspace) -> None:
-    parent, children, optuna_result = _search(workspace, "bs=choice(1,2)",
-                                              "hydra.sweeper.n_trials=3",
-                                              "search.max_p99_ms=100000")
+def test_a_search_names_its_best_feasible_setting_and_replays_from_the_cache(
+        workspace: Workspace) -> None:
+    """3 trials over bs 1 and 2, then the same search again with cache.reuse_measurements=true
+    and a budget no run can meet: the seeded sampler proposes the same settings, each trial
+    reads its figure from the cache, and every one is marked infeasible."""
+    trials = ("bs=choice(1,2)", "hydra.sweeper.n_trials=3")
+    parent, children, optuna_result = _search(workspace, *trials, "search.max_p99_ms=100000")
     assert parent.info.status == "FINISHED" and len(children) == 3
     for child in children:  # ordinary runs, with every figure, judged as trials
         assert child.info.status == "FINISHED"
@@ -172,20 +181,19 @@ def test_a_search_names_its_best_feasible_setting_on_the_parent(workspace: Works
     note = parent.data.tags["mlflow.note.content"]
     assert "best feasible setting: bs=" in note and "optuna TPESampler, seed 0" in note
 
-
-@pytest.mark.slow
-def test_trials_over_the_budget_are_marked_infeasible(workspace: Workspace) -> None:
-    parent, children, optuna_result = _search(workspace, "bs=choice(1)",
-                                              "hydra.sweeper.n_trials=2",
-                                              "search.max_p99_ms=0.001")
-    assert parent.info.status == "FINISHED" and len(children) == 2
-    for child in children:  # finished runs with their figures, only not feasible
+    again, replayed, replay_result = _search(workspace, *trials, "search.max_p99_ms=0.001",
+                                             "cache.reuse_measurements=true")
+    assert again.info.run_id != parent.info.run_id and len(replayed) == 3
+    assert [r.data.params["bs"] for r in replayed] == [r.data.params["bs"] for r in children]
+    measured = {r.info.run_id for r in children}
+    for child in replayed:  # finished runs with their (reused) figures, only not feasible
         assert child.info.status == "FINISHED" and "throughput_fps" in child.data.metrics
+        assert child.data.tags["benchmark.reused_from"] in measured
         assert child.data.tags["search.feasible"] == "no"
         assert child.data.tags["search.why"].endswith("ms > budget 0.001 ms")
-    assert parent.data.tags["search.best"] == "none feasible"
-    assert "- no feasible setting" in parent.data.tags["mlflow.note.content"]
-    assert optuna_result["best_value"] == -math.inf
+    assert again.data.tags["search.best"] == "none feasible"
+    assert "- no feasible setting" in again.data.tags["mlflow.note.content"]
+    assert replay_result["best_value"] == -math.inf
 
 
 @pytest.mark.slow
