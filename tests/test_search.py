@@ -136,7 +136,8 @@ def test_the_preset_searches_bs_and_precision_with_a_seeded_maximizing_sampler()
 # -- real searches through the CLI --
 
 SMALL_SEARCH = ("experiment=search_cpu", "stage=performance", "dataset=synthetic",
-                "model.weights=random", "chip.precision=fp32", *FAST_BENCHMARK)
+                "model.weights=random", "chip.precision=fp32", *FAST_BENCHMARK,
+                "benchmark.repeats=1")
 
 
 def _search(space: Workspace, *args: str) -> tuple[object, list, dict]:
@@ -154,11 +155,13 @@ def _search(space: Workspace, *args: str) -> tuple[object, list, dict]:
 @pytest.mark.slow
 def test_a_search_names_its_best_feasible_setting_and_replays_from_the_cache(
         workspace: Workspace) -> None:
-    """3 trials over bs 1 and 2, then the same search again with cache.reuse_measurements=true
-    and a budget no run can meet: the seeded sampler proposes the same settings, each trial
-    reads its figure from the cache, and every one is marked infeasible."""
-    trials = ("bs=choice(1,2)", "hydra.sweeper.n_trials=3")
-    parent, children, optuna_result = _search(workspace, *trials, "search.max_p99_ms=100000")
+    """3 trials over bs 1 and 2, then the search again for 2 trials with
+    cache.reuse_measurements=true and a budget no run can meet: the seeded sampler proposes the
+    same first settings, each trial reads its figure from the cache, and each is marked
+    infeasible."""
+    parent, children, optuna_result = _search(workspace, "bs=choice(1,2)",
+                                              "hydra.sweeper.n_trials=3",
+                                              "search.max_p99_ms=100000")
     assert parent.info.status == "FINISHED" and len(children) == 3
     for child in children:  # ordinary runs, with every figure, judged as trials
         assert child.info.status == "FINISHED"
@@ -181,10 +184,13 @@ def test_a_search_names_its_best_feasible_setting_and_replays_from_the_cache(
     note = parent.data.tags["mlflow.note.content"]
     assert "best feasible setting: bs=" in note and "optuna TPESampler, seed 0" in note
 
-    again, replayed, replay_result = _search(workspace, *trials, "search.max_p99_ms=0.001",
+    again, replayed, replay_result = _search(workspace, "bs=choice(1,2)",
+                                             "hydra.sweeper.n_trials=2",
+                                             "search.max_p99_ms=0.001",
                                              "cache.reuse_measurements=true")
-    assert again.info.run_id != parent.info.run_id and len(replayed) == 3
-    assert [r.data.params["bs"] for r in replayed] == [r.data.params["bs"] for r in children]
+    assert again.info.run_id != parent.info.run_id and len(replayed) == 2
+    assert [r.data.params["bs"] for r in replayed] == [r.data.params["bs"]
+                                                       for r in children[:2]]
     measured = {r.info.run_id for r in children}
     for child in replayed:  # finished runs with their (reused) figures, only not feasible
         assert child.info.status == "FINISHED" and "throughput_fps" in child.data.metrics
