@@ -128,6 +128,11 @@ def main() -> None:
         print(f"{name}: best feasible {best}{figure}; {len(children)} trials, {len(distinct)} "
               f"distinct settings, {feasible} feasible; {seconds:.0f} s (load {before} -> "
               f"{after})")
+        ranked = sorted((c for c in children if c.data.tags.get("search.feasible") == "yes"),
+                        key=lambda c: -c.data.metrics.get("throughput_fps", 0.0))
+        print("   feasible, fastest first: " + ", ".join(
+            f"bs={c.data.params['bs']} {c.data.params['chip.precision']} "
+            f"{c.data.metrics.get('throughput_fps', 0.0):.1f}" for c in ranked[:4]))
     for name in ("search", "replay"):
         same = setting(results[name]) == setting(results["exhaustive"])
         print(f"{name} vs exhaustive: {'SAME' if same else 'DIFFERENT'} best feasible setting")

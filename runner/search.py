@@ -275,6 +275,15 @@ def outcome(jobs: Sequence[report.Job], settings: Mapping[str, str], sampler: st
                f"{infeasible} infeasible, {failed} failed" + (f"; {sampler}" if sampler else "")]
     notes = {n for t in trials for n in t.job.tags.get(NOTES_TAG, "").split("; ") if n}
     bullets += [f"note: {n}" for n in sorted(notes)]
+    measured: dict[str, list[float]] = {}
+    for trial in trials:
+        value = trial.value(objective)
+        if trial.job.status == "FINISHED" and value is not None:
+            measured.setdefault(trial.setting, []).append(value)
+    repeats = [f"{setting} {min(v):.1f}-{max(v):.1f} over {len(v)} trials"
+               for setting, v in measured.items() if len(v) > 1]
+    if repeats:  # the spread of one setting's figures: how much a close call can trust
+        bullets.append(f"measured more than once ({objective}): {', '.join(repeats)}")
     bullets.append(f"p99: {LATENCY} of the benchmark, ms per batch; `{report.INVALID_MARK}`: "
                    "an INVALID figure (unstable, or measured while others used the device), "
                    "where close calls between trials may go either way (benchmark.require_valid"

@@ -81,6 +81,8 @@ def test_the_report_names_the_best_feasible_and_why_each_other_lost() -> None:
                         "latency_ms_p99 <= 50 ms and the guide's accuracy rule")
     assert "- best feasible setting: bs=16 (job 1, run run1): throughput_fps 800.0" in result.text
     assert "5 trials, 4 distinct settings: 3 feasible, 1 infeasible, 1 failed" in result.text
+    assert "measured more than once (throughput_fps): bs=16 780.0-800.0 over 2 trials" in (
+        " ".join(result.text.split()))
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines
             if line.startswith("| ") and not line.startswith("| job")]
     assert [(r[0], r[1], r[-1]) for r in rows] == [
