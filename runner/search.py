@@ -51,14 +51,18 @@ def active_in(config: DictConfig, sweeper_target: str | None) -> bool:
 
 def check(cfg: RunConfig) -> None:
     """Before any work: the stages must measure what the search reads."""
-    needed = {OBJECTIVE_STAGES[cfg.search.objective]: f"search.objective={cfg.search.objective}"}
-    if cfg.search.max_p99_ms is not None:
+    check_stages(cfg.search, cfg.stage.name, cfg.stage.stages)
+
+
+def check_stages(settings: SearchConfig, preset: str, stages: Sequence[str]) -> None:
+    needed = {OBJECTIVE_STAGES[settings.objective]: f"search.objective={settings.objective}"}
+    if settings.max_p99_ms is not None:
         needed.setdefault(LATENCY_STAGE, f"search.max_p99_ms ({LATENCY})")
     for stage, what in needed.items():
-        if stage not in cfg.stage.stages:
+        if stage not in stages:
             raise ConfigError(
-                f"{what} is measured by the {stage} stage, which stage={cfg.stage.name} leaves "
-                f"out ({','.join(cfg.stage.stages)}): use stage=all or stage=performance"
+                f"{what} is measured by the {stage} stage, which stage={preset} leaves "
+                f"out ({','.join(stages)}): use stage=all or stage=performance"
                 + (" plus e2e" if stage == "e2e" else ""))
 
 
@@ -82,9 +86,14 @@ def check_sweeper(config: DictConfig) -> None:
             "cache.reuse_measurements=true, docs/search.md)")
     raw = OmegaConf.select(config, "search", default=None)
     try:  # the block's own checks (max_p99_ms > 0 ...): once here, not once per trial
-        SearchConfig(**(OmegaConf.to_container(raw, resolve=True) if raw is not None else {}))
+        settings = SearchConfig(**(OmegaConf.to_container(raw, resolve=True)
+                                   if raw is not None else {}))
     except TypeError as error:
         raise ConfigError(f"invalid config (key search): {error}") from None
+    stages = OmegaConf.select(config, "stage.stages", default=None)
+    if stages is not None:
+        check_stages(settings, str(OmegaConf.select(config, "stage.name", default="?")),
+                     [str(s) for s in stages])
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,11 @@ def test_the_preset_searches_bs_and_precision_with_a_seeded_maximizing_sampler()
                        r"hydra\.sweeper\.direction=maximize"):
         search.check_sweeper(cfg)
     cfg.hydra.sweeper.direction = "maximize"
+    cfg.stage.stages = ["export", "convert"]
+    with pytest.raises(ConfigError, match=r"search\.objective=throughput_fps is measured by "
+                       r"the benchmark stage"):
+        search.check_sweeper(cfg)
+    cfg.stage.stages = ["export", "convert", "benchmark"]
     cfg.hydra.sweeper.storage = "sqlite:///study.db"
     with pytest.raises(ConfigError, match=r"hydra\.sweeper\.storage=sqlite:///study\.db: optuna "
                        r"2\.10's database storage fails"):
