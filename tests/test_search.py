@@ -91,6 +91,11 @@ def test_the_report_names_the_best_feasible_and_why_each_other_lost() -> None:
         ("0", "bs=4", "feasible, 50.0% slower"),
         ("2", "bs=64", "infeasible: p99 120.0 ms > budget 50 ms"),
         ("4", "bs=8", "failed (FAILED): ParityError: too far")]
+    unbudgeted = _job(5, 1, 100.0, 5.0, True)
+    unbudgeted.tags[search.BUDGET_TAG] = "none"
+    assert search.outcome([unbudgeted], settings).text.startswith(
+        "## Constrained search: maximize throughput_fps subject to the guide's accuracy rule "
+        "(no latency budget)\n")
     nothing = search.outcome([jobs[2]], settings)
     assert nothing.best is None and "- no feasible setting" in nothing.text
 
