@@ -388,7 +388,9 @@ class SweepCallback(Callback):
         comparison = self._compare(runs, notes)
         text = report.sweep_report(jobs, title, notes,
                                    versus=comparison.by_run() if comparison else None)
-        if search.is_search(jobs):  # its trials judged: the best feasible, why the others lost
+        sweeper = OmegaConf.select(config, "hydra.sweeper._target_", default=None)
+        if search.active_in(config, sweeper) or search.is_search(jobs):
+            # its trials judged: the best feasible, why the others lost
             text += "\n" + self._search_outcome(client, config, runs, jobs)
         if comparison is not None:
             text += "\n" + comparison.table()

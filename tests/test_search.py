@@ -215,6 +215,26 @@ def test_a_search_names_its_best_feasible_setting_and_replays_from_the_cache(
 
 
 @pytest.mark.slow
+def test_failing_trials_rank_last_and_the_search_goes_on(workspace: Workspace) -> None:
+    """Every trial refused (chip.threads=-1): each a FAILED child, -inf to optuna, the search
+    ends with its report and exit status 1, as a sweep with failed jobs does."""
+    result = workspace.run("-m", *SMALL_SEARCH, "bs=choice(1,2)", "hydra.sweeper.n_trials=2",
+                           "chip.threads=-1", check=False)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "runner: error: 2 of 2 sweep jobs did not finish" in result.stderr
+    runs = workspace.runs()
+    (parent,) = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and all(c.info.status == "FAILED" for c in children)
+    assert parent.data.tags["search.best"] == "none feasible"
+    note = parent.data.tags["mlflow.note.content"]
+    assert "0 feasible, 0 infeasible, 2 failed" in note
+    assert "failed (FAILED): ConfigError: chip.threads=-1 must" in note
+    (results,) = Path(parent.data.tags["sweep.dir"]).glob("optimization_results.yaml")
+    assert yaml.safe_load(results.read_text())["best_value"] == -math.inf
+
+
+@pytest.mark.slow
 def test_a_search_with_a_bad_budget_stops_before_any_trial(workspace: Workspace) -> None:
     result = workspace.run("-m", *SMALL_SEARCH, "search.max_p99_ms=0", check=False)
     assert result.returncode == 1
