@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runner import config, interrupts, redact, sweep
+from runner import config, interrupts, redact, search, sweep
 from runner.errors import ConfigError, RunnerError
 
 if TYPE_CHECKING:  # numpy comes with them: imported once there is work to do (fast --help)
@@ -91,9 +91,15 @@ def _redact_hydra_files() -> None:
     redact.rewrite_files(hydra_files)
 
 
-def run_job(cfg: DictConfig) -> dict[str, float]:
+def _sweeper_target() -> str | None:
+    """The sweeper running this job (the job's own config has no `hydra` node)."""
+    return OmegaConf.select(HydraConfig.get(), "sweeper._target_", default=None)
+
+
+def run_job(cfg: DictConfig) -> dict[str, float] | float:
     """One job: validate and plan (every check that needs no work), then run every stage inside
-    an MLflow run; the metrics."""
+    an MLflow run; the metrics, or in a search (runner/search.py) the objective the sweeper
+    maximizes."""
     from runner import pipeline
     from runner.cache import check_writable
 
@@ -101,6 +107,9 @@ def run_job(cfg: DictConfig) -> dict[str, float]:
     _redact_hydra_files()  # first: a job refused below keeps its files too
     try:
         run_cfg = config.validate(cfg)
+        searching = search.active(run_cfg, _sweeper_target())
+        if searching:
+            search.check(run_cfg)
         check_host(run_cfg)
         check_writable(run_cfg.cache_dir, "paths.cache_dir")
         planned = pipeline.plan(run_cfg)
@@ -128,15 +137,18 @@ def run_job(cfg: DictConfig) -> dict[str, float]:
         log.info("MLflow run %s (%s)", run.run_id, redact.text(run_cfg.mlflow.tracking_uri))
         result = pipeline.run(planned, run_cfg.cache_dir, on_stage=tracking.log_stage,
                               run_id=run.run_id, verify=run_cfg.cache.verify)
+        trial = tracking.judge_trial(run_cfg, result.metrics) if searching else None
     print(summary_table(run_cfg, result))
     for line in run.summary_lines:
         print(line)
+    if trial is not None:
+        print(trial.line())
     if link is None:  # a sweep prints the command once, with its report
         print(f"runner: see it: {tracking.ui_command(run_cfg.mlflow.tracking_uri)}, then open "
               f"{tracking.run_url(run_cfg.mlflow.tracking_uri, run.experiment_id, run.run_id)}")
     if gate is not None:
         tracking.gate_run(gate, run.run_id)
-    return result.metrics
+    return result.metrics if trial is None else trial.returned()
 
 
 HELP_FLAGS = ("--help", "-h")
@@ -249,7 +261,7 @@ def _remember_secrets(cfg: DictConfig) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=str(config.PROJECT_ROOT / "conf"), config_name="config")
-def main(cfg: DictConfig) -> dict[str, float] | None:
+def main(cfg: DictConfig) -> dict[str, float] | float | None:
     _remember_secrets(cfg)
     redact.install_log_filter()
     try:
@@ -262,7 +274,8 @@ def main(cfg: DictConfig) -> dict[str, float] | None:
         _close_progress_bars()
         print(f"runner: error: {message}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            return None  # the other jobs of the sweep still run
+            # the other jobs of the sweep still run; a search ranks this trial last
+            return search.INFEASIBLE if search.active_in(cfg, _sweeper_target()) else None
         raise SystemExit(getattr(error, "exit_status", 1)) from None  # compare.baseline: 2
 
 

@@ -680,6 +680,31 @@ class CompareConfig:
                               "null")
 
 
+# what a constrained search maximizes: a figure of the benchmark (or e2e) stage, images/s
+SEARCH_OBJECTIVES = ("throughput_fps", "e2e_fps")
+
+
+@dataclass
+class SearchConfig:
+    """A constrained search (`hydra/sweeper=optuna`, conf/experiment/search_cpu.yaml,
+    docs/search.md): each run is judged feasible or not (runner/search.py) and, under the
+    optuna sweeper, returns its objective. Read after the stages, by no stage: no cache key."""
+
+    # the latency budget: a run whose latency_ms_p99 (per batch) exceeds it is infeasible;
+    # null: no budget (and no search outside the optuna sweeper)
+    max_p99_ms: float | None = None
+    objective: str = "throughput_fps"  # maximized: throughput_fps | e2e_fps (SEARCH_OBJECTIVES)
+    # the guide's accuracy rule: a FAIL is always infeasible; true: N/A (random weights, not the
+    # whole ImageNet val, no top-1 in the run) is infeasible too, so only a PASS is feasible
+    require_accuracy_pass: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_p99_ms is not None and not self.max_p99_ms > 0:
+            raise ConfigError(f"search.max_p99_ms={self.max_p99_ms!r} must be > 0 (milliseconds "
+                              "per batch), or null for no latency budget")
+        _check_choice("search.objective", self.objective, SEARCH_OBJECTIVES)
+
+
 @dataclass
 class RunConfig:
     model: ModelConfig = MISSING
@@ -699,6 +724,7 @@ class RunConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     traceback: bool = False  # print the traceback of an error, not only its one-line message
 
     def __post_init__(self) -> None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from runner import environment, redact, report
+from runner import environment, redact, report, search
 from runner.config import MlflowConfig
 
 if TYPE_CHECKING:  # MLflow's import is slow: every function that needs it imports it
@@ -176,7 +176,10 @@ def sweep_params(overrides: Sequence[str]) -> dict[str, str]:
                 override.key_or_group.split(".")[0] in tracking.NOT_PARAMS):
             continue
         if override.is_sweep_override():
-            value = ",".join(str(v) for v in override.sweep_iterator())
+            try:
+                value = ",".join(str(v) for v in override.sweep_iterator())
+            except Exception:  # interval(1,64): a range for optuna, not a list of values
+                value = override.get_value_element_as_str()
         else:
             value = str(override.value())
         params[f"sweep.{override.key_or_group}"] = value
@@ -240,6 +243,13 @@ class SweepCallback(Callback):
             except RunnerError as error:
                 print(redact.text(f"runner: error: {error}"), file=sys.stderr)
                 raise SystemExit(2) from None
+        from runner.errors import ConfigError
+
+        try:  # an optuna search's own settings: refused once, before any trial
+            search.check_sweeper(config)
+        except ConfigError as error:
+            print(redact.text(f"runner: error: {error}"), file=sys.stderr)
+            raise SystemExit(1) from None
         try:
             self._open(config)
         except Exception as error:
@@ -332,6 +342,27 @@ class SweepCallback(Callback):
                      "rows and the rule below; docs/compare.md)")
         return comparison
 
+    def _search_outcome(self, client: MlflowClient, config: DictConfig, runs: list[Run],
+                        jobs: list[report.Job]) -> str:
+        """The search's section of the report; its best feasible setting tagged on the
+        parent (`search.best`, `search.best_run`, metric `search_best_<objective>`)."""
+        assert self.parent_run_id is not None
+        keys = search.space_keys(config)
+        settings = {run.info.run_id: search.setting_of(run.data.params, keys) for run in runs}
+        result = search.outcome(jobs, settings, search.sampler_of(config))
+        client.set_tag(self.parent_run_id, "search.space", " ".join(keys))
+        client.log_metric(self.parent_run_id, "search_trials", result.trials)
+        client.log_metric(self.parent_run_id, "search_feasible_trials", result.feasible)
+        if result.best is None:
+            client.set_tag(self.parent_run_id, "search.best", "none feasible")
+        else:
+            client.set_tag(self.parent_run_id, "search.best", result.best.setting)
+            client.set_tag(self.parent_run_id, "search.best_run", result.best.job.run_id)
+            value = result.best.value(result.objective)
+            if value is not None:
+                client.log_metric(self.parent_run_id, f"search_best_{result.objective}", value)
+        return result.text
+
     def _close_if_stopped(self, config: DictConfig) -> None:
         if self.parent_run_id is not None and not self._closed:
             self._close(config, stopped_early=True)
@@ -357,6 +388,10 @@ class SweepCallback(Callback):
         comparison = self._compare(runs, notes)
         text = report.sweep_report(jobs, title, notes,
                                    versus=comparison.by_run() if comparison else None)
+        sweeper = OmegaConf.select(config, "hydra.sweeper._target_", default=None)
+        if search.active_in(config, sweeper) or search.is_search(jobs):
+            # its trials judged: the best feasible, why the others lost
+            text += "\n" + self._search_outcome(client, config, runs, jobs)
         if comparison is not None:
             text += "\n" + comparison.table()
             (out_dir / "compare.csv").write_text(comparison.csv())

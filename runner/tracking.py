@@ -27,7 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from runner import environment, memory, redact, report
+from runner import environment, memory, redact, report, search
 from runner.cache import check_writable
 from runner.config import MlflowConfig, RunConfig
 from runner.errors import TrackingError
@@ -377,6 +377,18 @@ def _describe(cfg: RunConfig, run_id: str, sweep: SweepLink | None) -> list[str]
     summary = report.run_summary(title, metrics, data.tags, published, comparison)
     mlflow.set_tag("mlflow.note.content", summary)
     return report.terminal_lines(published, comparison, metrics)
+
+
+def judge_trial(cfg: RunConfig, metrics: dict[str, float]) -> search.Judgement:
+    """A search trial (runner/search.py): the run judged against search.* and the guide's
+    accuracy rule, tagged `search.*` on the active run."""
+    published = report.Published.from_config(cfg.model.published, cfg.chip.name)
+    dataset = report.describe_dataset(cfg.dataset)
+    accuracy = report.compare(published, cfg.bs, metrics, report.not_comparable(
+        weights.source(cfg.model).kind, dataset))
+    judgement = search.judge(cfg.search, metrics, accuracy)
+    mlflow.set_tags({k: redact.text(v) for k, v in judgement.tags().items()})
+    return judgement
 
 
 def ui_command(tracking_uri: str) -> str:
