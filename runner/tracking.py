@@ -274,7 +274,8 @@ def log_stage(record: StageRecord) -> None:
                          f"{record.name}.verdict_reasons": "; ".join(verdict["reasons"])[:5000]})
     for relative in output.artifacts.values():
         path = record.entry.path / relative
-        if path.is_file() and path.stat().st_size < 8 << 20 and path.suffix == ".json":
+        # the small text a stage hands on (JSON, Ascend's aipp.cfg), not models or tensors
+        if path.is_file() and path.stat().st_size < 8 << 20 and path.suffix in (".json", ".cfg"):
             mlflow.log_artifact(str(path), artifact_path=f"stages/{record.name}")
     if output.info:
         mlflow.log_dict(redact.tree(output.info), f"stages/{record.name}/info.json")

@@ -68,7 +68,9 @@ class UInt8Input(nn.Module):
             values = values / 255.0
         values = (values - self.mean) / self.std
         if self.nchw:
-            values = values.permute(0, 3, 1, 2)
+            # contiguous NCHW, as the float route feeds it: PyTorch picks its convolution by the
+            # memory layout, and a permuted (channels-last) view sums in another order
+            values = values.permute(0, 3, 1, 2).contiguous()
         first = next(self.model.parameters(), None)
         if first is not None and first.dtype != torch.float32:
             values = values.to(first.dtype)
