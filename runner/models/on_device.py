@@ -2,11 +2,14 @@
 model takes the cached uint8 crops, (N, H, W, 3) RGB, and normalizes them as its first nodes.
 
 The arithmetic is the float route's own (runner.data.transforms.normalize, torchvision's
-ToTensor + Normalize): cast to float32, the recipe's channel order, `/ 255` where the recipe
-divides, `- mean`, `/ std`, then HWC -> CHW where the model takes NCHW. Division, not a
-multiplication by the reciprocal: x / 255 and x * (1 / 255) differ in the last bit for some
-values, and with the same float32 operations in the same order the tensor reaching the first
-convolution is bit for bit the one the float route feeds (tests/test_on_device.py checks it).
+ToTensor + Normalize): HWC -> CHW where the model takes NCHW (on the uint8 bytes), cast to
+float32, the recipe's channel order, `/ 255` where the recipe divides, `- mean`, `/ std`.
+Division, not a multiplication by the reciprocal: x / 255 and x * (1 / 255) differ in the
+last bit for some values, and with the same float32 operations in the same order the tensor
+reaching the first convolution is bit for bit the one the float route feeds
+(tests/test_on_device.py checks it). The transpose before the cast moves a quarter of the bytes
+a float32 transpose would: AlexNet's on-device e2e pass went from 0.91x to 1.10x the float
+route's (docs/results.md).
 
 Ascend does the same on its AIPP unit instead, configured by runner/backends/aipp.py; there the
 ONNX file keeps its float input.
@@ -52,7 +55,8 @@ class UInt8Input(nn.Module):
     def __init__(self, model: nn.Module, normalization: Normalization) -> None:
         super().__init__()
         self.model = model
-        self.channels = [2, 1, 0] if normalization.channel_order == "BGR" else None
+        self.channels = (torch.tensor([2, 1, 0]) if normalization.channel_order == "BGR"
+                         else None)
         self.divide_by_255 = normalization.divide_by_255
         self.nchw = normalization.layout == "NCHW"
         # buffers, so .to(device) moves them; float32 whatever the model's dtype: the arithmetic
@@ -61,16 +65,20 @@ class UInt8Input(nn.Module):
         self.register_buffer("std", torch.tensor(normalization.std, dtype=torch.float32))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        channel_axis = -1
+        if self.nchw:
+            # the transpose first, on the uint8 bytes (a quarter of the float32 ones), and
+            # contiguous NCHW as the float route feeds it: PyTorch picks its convolution by the
+            # memory layout, and a permuted (channels-last) view sums in another order
+            pixels = pixels.permute(0, 3, 1, 2).contiguous()
+            channel_axis = 1
         values = pixels.to(torch.float32)
         if self.channels is not None:
-            values = values[..., self.channels]
+            values = values.index_select(channel_axis, self.channels)
         if self.divide_by_255:
             values = values / 255.0
-        values = (values - self.mean) / self.std
-        if self.nchw:
-            # contiguous NCHW, as the float route feeds it: PyTorch picks its convolution by the
-            # memory layout, and a permuted (channels-last) view sums in another order
-            values = values.permute(0, 3, 1, 2).contiguous()
+        shape = (3, 1, 1) if self.nchw else (3,)
+        values = (values - self.mean.view(shape)) / self.std.view(shape)
         first = next(self.model.parameters(), None)
         if first is not None and first.dtype != torch.float32:
             values = values.to(first.dtype)
