@@ -182,3 +182,22 @@ def test_pytorch_on_device_matches_its_float_route(workspace: Workspace) -> None
     np.testing.assert_array_equal(device_logits, float_logits)
     saved = torch.load(workspace.entry("convert", on_device_run) / "model.pt", weights_only=True)
     assert saved["in_model"]["on_device"] is True
+
+
+def test_a_sweep_of_both_routes_reports_them_as_two_rows() -> None:
+    from types import SimpleNamespace
+
+    from runner import report
+
+    def run(number: int, route: str, top1: float) -> SimpleNamespace:
+        tags = {"model": "alexnet", "chip": "cpu", "dataset": "synthetic (8 images)",
+                "sweep.job_num": str(number), report.ROUTE_TAG: route}
+        return SimpleNamespace(
+            data=SimpleNamespace(tags=tags, params={"bs": "4", "chip.precision": "fp32"},
+                                 metrics={"top1": top1, "top5": top1, "throughput_fps": 10.0}),
+            info=SimpleNamespace(run_id=f"run{number}", status="FINISHED"))
+
+    jobs = report.build_jobs([run(0, "host_float", 12.5), run(1, "on_device", 25.0)], None)
+    assert [job.chip for job in jobs] == ["cpu", "cpu on-device"]
+    table = report.sweep_report(jobs, "routes")
+    assert "| alexnet / cpu " in table and "| alexnet / cpu on-device " in table
