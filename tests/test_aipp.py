@@ -234,6 +234,22 @@ def test_the_aipp_om_takes_uint8_and_computes_as_the_chip_in_fp16(
     assert 0 < difference <= float_cfg.parity.tolerance.fp16.max_abs_diff
 
 
+@pytest.mark.parametrize("generation", ["2023", "2024-06"])
+def test_a_dynamic_batch_aipp_om(use_standins, alexnet_onnx: Path, tmp_path: Path,
+                                 generation: str) -> None:
+    standins = use_standins(generation=generation)
+    cfg = run_config("chip=ascend310p3", "bs=2", "chip.dynamic_batch_sizes=[2,4]",
+                     "model.weights=random", "model.preprocess.on_device=true")
+    om, _ = ais_bench.convert(alexnet_onnx, tmp_path, ais_bench.convert_settings(cfg))
+    assert "--dynamic_batch_size=2,4" in standins.calls("atc")[0]["argv"]
+    session = ais_bench.open_session(om, ais_bench.SessionSettings.from_config(cfg), 0)
+    assert session.describe()["om_input_shape"] == [-1, 224, 224, 3]
+    crops = _crops(3)
+    together = session.run(crops)  # the gear of 4, one padding row
+    apart = np.concatenate([session.run(crops[:2]), session.run(crops[2:])])
+    np.testing.assert_array_equal(together, apart)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("chip", list(CHIPS))
 def test_an_aipp_run_end_to_end_on_every_chip(workspace: Workspace, standins: AscendStandins,
