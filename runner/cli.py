@@ -36,7 +36,9 @@ DEBUG_OVERRIDE = re.compile(r"\+{0,2}traceback=(true|yes|on|1)", re.IGNORECASE)
 
 def summary_table(cfg: config.RunConfig, result: pipeline.PipelineResult) -> str:
     lines = [
-        f"runner: {cfg.model.name} on {cfg.chip.name}, bs={cfg.bs}, dataset={cfg.dataset.name}",
+        f"runner: {cfg.model.name} on {cfg.chip.name}, bs={cfg.bs}, dataset={cfg.dataset.name}"
+        + (", preprocessing on the device (uint8 input)" if cfg.model.preprocess.on_device
+           else ""),
         f"  {'stage':<11}{'cache':<7}{'seconds':>9}",
     ]
     for record in result.stages:

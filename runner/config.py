@@ -131,6 +131,12 @@ class PreprocessRecipe:
     # as TensorFlow-origin graphs take it); an NHWC model exported from a PyTorch checkpoint gets
     # a leading transpose to NCHW (runner.models.build.for_input_layout)
     layout: str = "NCHW"
+    # true: the host stops at the uint8 crop and the chip normalizes (the AlexNet guide's second
+    # route): on Ascend an AIPP op written from this recipe (aipp.cfg, atc --insert_op_conf), on
+    # ONNX Runtime and PyTorch the exported model's first nodes (runner.models.on_device). The
+    # model is fed the cached uint8 crops as they are: (N, H, W, 3) RGB, whatever `layout`
+    # (which then names the layout the normalized tensor takes inside the model)
+    on_device: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("model.preprocess.library", self.library, LIBRARIES)
@@ -188,6 +194,14 @@ class PreprocessRecipe:
                         self.crop_offset)
 
     def normalization(self) -> Normalization:
+        """What a batch goes through as it is fed: on the host (the float route), or nothing
+        there and the same arithmetic on the chip (`on_device`)."""
+        return Normalization(self.divide_by_255, tuple(self.mean), tuple(self.std),
+                             self.channel_order, self.layout, self.on_device)
+
+    def host_normalization(self) -> Normalization:
+        """The float route's normalization, whichever route feeds the model: what the PyTorch
+        reference is fed, so parity holds the on-device route to the float reference."""
         return Normalization(self.divide_by_255, tuple(self.mean), tuple(self.std),
                              self.channel_order, self.layout)
 
@@ -211,7 +225,15 @@ class Normalization:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     channel_order: str
-    layout: str  # of the fed tensor: NCHW | NHWC
+    layout: str  # of the normalized tensor: NCHW | NHWC
+    # true: the host feeds the uint8 (N, H, W, 3) RGB crops as cached, and the chip applies the
+    # rest (runner.models.on_device, runner.backends.aipp)
+    on_device: bool = False
+
+    @property
+    def route(self) -> str:
+        """The preprocessing route, as the run's tag and report name it."""
+        return "on_device" if self.on_device else "host_float"
 
 
 @dataclass
@@ -736,6 +758,35 @@ class RunConfig:
                 f"bs={self.bs} is not one of chip.dynamic_batch_sizes={sizes}: add it there"
             )
         check_arch(self.model.arch, allowed_arch_prefixes(self.security.extra_arch_prefixes))
+        if self.model.preprocess.on_device:
+            self._check_on_device()
+
+    def _check_on_device(self) -> None:
+        """What model.preprocess.on_device=true cannot do on this chip, before any work."""
+        chip, recipe = self.chip, self.model.preprocess
+        if chip.precision == "int8":
+            raise ConfigError(
+                "model.preprocess.on_device=true with chip.precision=int8: the static "
+                "quantization calibrates on float inputs and is not tested with a uint8 input: "
+                "use model.preprocess.on_device=false for int8, or chip.precision=fp32"
+            )
+        if chip.runtime != "ais_bench":
+            return
+        # Ascend: AIPP does the normalization (runner/backends/aipp.py), and it outputs fp16
+        # into the model in NCHW (CANN's ATC manual, "Configuration File Template": "For Caffe
+        # and ONNX, the data format can only be NCHW")
+        if chip.precision == "fp32":
+            raise ConfigError(
+                f"model.preprocess.on_device=true on {chip.name}: AIPP hands the model fp16 "
+                "values, so chip.precision=fp32 cannot hold; set chip.precision=fp16, or "
+                "model.preprocess.on_device=false for fp32"
+            )
+        if recipe.layout != "NCHW":
+            raise ConfigError(
+                f"model.preprocess.on_device=true with model.preprocess.layout={recipe.layout} "
+                f"on {chip.name}: AIPP feeds an ONNX model NCHW only; export the model NCHW "
+                "(layout=NCHW) or set model.preprocess.on_device=false"
+            )
 
     @property
     def cache_dir(self) -> Path:

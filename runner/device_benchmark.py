@@ -33,8 +33,15 @@ class BatchSpec:
     layout: str  # NCHW | NHWC
     kind: str  # random | zero, like ais_bench's --pure_data_type
     seed: int
+    # model.preprocess.on_device=true: the model takes uint8 (N, H, W, 3) crops
+    on_device: bool = False
 
     def make(self) -> np.ndarray:
+        if self.on_device:
+            shape = (self.bs, self.input_size, self.input_size, 3)
+            if self.kind == "zero":
+                return np.zeros(shape, dtype=np.uint8)
+            return np.random.default_rng(self.seed).integers(0, 256, size=shape, dtype=np.uint8)
         shape = input_shape(self.bs, self.input_size, self.layout)
         if self.kind == "zero":
             return np.zeros(shape, dtype=np.float32)

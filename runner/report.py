@@ -37,6 +37,9 @@ VERDICT_TAG, REASONS_TAG, REUSED_TAG = ("benchmark.verdict", "benchmark.verdict_
 INVALID_MARK, REUSED_MARK = "!", "*"
 FP32 = "fp32"  # the precision a precision sweep's accuracy is measured against
 PRECISION_PARAM = "chip.precision"
+# the preprocessing route of a run (host_float | on_device); an on_device run is its own row
+ROUTE_TAG = "preprocess.route"
+ON_DEVICE_ROW = " on-device"  # appended to the chip of an on_device run's row
 
 
 def describe_dataset(dataset: DatasetConfig) -> str:
@@ -297,8 +300,10 @@ def job_from_run(run: Any) -> Job:
         states = [v for k, v in tags.items() if k.startswith("cache.")]
         cache = f"{states.count('hit')}/{len(states)} hit" if states else ""
     job = tags.get("sweep.job_num", "")
+    # a sweep of -m model.preprocess.on_device=false,true compares the routes as two rows
+    route = ON_DEVICE_ROW if tags.get(ROUTE_TAG) == "on_device" else ""
     return Job(job=int(job) if job.isdigit() else None, model=tags.get("model", ""),
-               chip=tags.get("chip", ""), bs=params.get("bs", tags.get("bs", "")),
+               chip=tags.get("chip", "") + route, bs=params.get("bs", tags.get("bs", "")),
                dataset=tags.get("dataset", ""), metrics=dict(run.data.metrics), tags=dict(tags),
                cache=cache, status=run.info.status, error=tags.get("error", ""),
                run_id=run.info.run_id, precision=params.get(PRECISION_PARAM, ""))

@@ -160,7 +160,8 @@ def _sqlite_init_lock(tracking_uri: str) -> Iterator[None]:
 # config key. model, chip and dataset are tags; every other key is in config/config.yaml.
 PARAM_KEYS = (
     "bs", "seed", "model.weights", "model.preprocess.library", "model.preprocess.resize",
-    "model.preprocess.interpolation", "model.preprocess.crop", "dataset.root", "dataset.limit",
+    "model.preprocess.interpolation", "model.preprocess.crop", "model.preprocess.on_device",
+    "dataset.root", "dataset.limit",
     "chip.runtime", "chip.precision", "chip.threads", "chip.devices", "chip.soc_version",
     "infer.result_format", "benchmark.input", "benchmark.warmup_iters", "benchmark.min_iters",
     "benchmark.min_duration_s", "benchmark.repeats", "cache.force",
@@ -230,6 +231,9 @@ def run_tags(cfg: RunConfig) -> dict[str, str]:
         "weights_kind": src.kind,
         "git_commit": environment.git_commit(),
         "host": environment.host_id(),
+        # where the crops are normalized: host_float (the guides' default) or on_device (AIPP
+        # on Ascend, the model's first nodes elsewhere)
+        report.ROUTE_TAG: cfg.model.preprocess.normalization().route,
     }
     if src.is_random:
         tags["accuracy_note"] = "random weights: accuracy is meaningless"
@@ -270,7 +274,8 @@ def log_stage(record: StageRecord) -> None:
                          f"{record.name}.verdict_reasons": "; ".join(verdict["reasons"])[:5000]})
     for relative in output.artifacts.values():
         path = record.entry.path / relative
-        if path.is_file() and path.stat().st_size < 8 << 20 and path.suffix == ".json":
+        # the small text a stage hands on (JSON, Ascend's aipp.cfg), not models or tensors
+        if path.is_file() and path.stat().st_size < 8 << 20 and path.suffix in (".json", ".cfg"):
             mlflow.log_artifact(str(path), artifact_path=f"stages/{record.name}")
     if output.info:
         mlflow.log_dict(redact.tree(output.info), f"stages/{record.name}/info.json")
@@ -371,6 +376,8 @@ def _describe(cfg: RunConfig, run_id: str, sweep: SweepLink | None) -> list[str]
     if comparison.deltas is not None:
         mlflow.set_tag(report.ACCURACY_TAG, comparison.accuracy)
     title = f"{cfg.model.name} on {cfg.chip.name}, bs {cfg.bs}, dataset {dataset}"
+    if cfg.model.preprocess.on_device:
+        title += ", preprocessing on the device (uint8 input)"
     if sweep is not None:
         title += f" (job {sweep.job_num} of sweep run {sweep.parent_run_id})"
     metrics = {**data.metrics, **comparison.metrics()}

@@ -158,3 +158,18 @@ def test_int8(tmp_path: Path) -> None:
     agree, relative = float(agreement.split()[2]), float(agreement.split()[3])
     assert 0 <= agree <= 1 and 0 < relative < 0.5  # int8 differs from fp32, and not wildly
     assert "loads per round: fp32" in out and "MinMax on 4 images" in out
+
+
+def test_on_device(tmp_path: Path) -> None:
+    out = run_script("on_device", "--models", "alexnet", "--bs", "4", "--images", "8",
+                     "--rounds", "1", "--cache-dir", str(tmp_path), "--sample", "")
+    rows = [line.split() for line in out.splitlines() if line.startswith("alexnet")]
+    cpu = next(r for r in rows if r[1] == "cpu")
+    assert float(cpu[4]) == 0 and float(cpu[5]) == 1  # bit for bit the float route's logits
+    ascend = next(r for r in rows if r[1] == "ascend310p3")
+    assert 0 < float(ascend[4]) < 0.1  # AIPP in fp16 is not the float OM's input
+    sizes = next(r for r in rows if r[-1] == "0.25")
+    assert sizes[2:4] == ["602,112", "150,528"]
+    speed = next(r for r in rows if r[1] == "4")
+    assert float(speed[2]) > 0 and float(speed[4]) > 0
+    assert "loads per round: host_float" in out

@@ -33,6 +33,8 @@ READS: dict[str, set[str]] = {
     "model.preprocess.std=[0.5,0.5,0.5]": {"infer", "reference", "e2e"},
     # the same cached crops; the fed tensor, the exported input and the benchmark's input change
     "model.preprocess.layout=NHWC": {"export", "infer", "reference", "benchmark", "e2e"},
+    # the same cached crops and reference; the model's input and what is fed change
+    "model.preprocess.on_device=true": {"export", "infer", "benchmark", "e2e"},
     "model.class_offset=1": {"preprocess", "parity", "evaluate", "score"},
     "model.num_classes=1001": {"preprocess", "evaluate", "score"},
     "chip.threads=1": {"infer", "benchmark", "e2e"},

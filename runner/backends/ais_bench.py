@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from runner.backends import SessionSettings, ascend
+from runner.backends import SessionSettings, aipp, ascend
 from runner.cache import source_digest
 from runner.config import RunConfig
 from runner.errors import ConfigError, DeviceRuntimeError, ToolMissingError
@@ -54,6 +54,10 @@ class ConvertSettings:
     soc_version: str
     cann: str
     ascend_code: str
+    # model.preprocess.on_device=true: the aipp.cfg written for --insert_op_conf (its text;
+    # runner/backends/aipp.py), "" for the float route
+    aipp_cfg: str = ""
+    aipp_code: str = ""
 
 
 def convert_settings(cfg: RunConfig) -> ConvertSettings:
@@ -61,8 +65,13 @@ def convert_settings(cfg: RunConfig) -> ConvertSettings:
     soc_version = ascend.resolve_soc_version(cfg.chip)
     arguments = ascend.atc_arguments(cfg.model.input_name, cfg.bs, size,
                                      cfg.model.preprocess.layout, cfg.chip, soc_version)
+    recipe = cfg.model.preprocess
+    # made here, when the run is planned: a recipe AIPP cannot express stops it before any work
+    aipp_cfg = (aipp.from_recipe(recipe.normalization(), size).render() if recipe.on_device
+                else "")
     return ConvertSettings(tuple(arguments), soc_version, ascend.cann_version(),
-                           source_digest(ascend.__name__))
+                           source_digest(ascend.__name__), aipp_cfg,
+                           source_digest(aipp.__name__) if aipp_cfg else "")
 
 
 def check(session: SessionSettings, devices: tuple[int, ...]) -> None:
@@ -73,10 +82,19 @@ def check(session: SessionSettings, devices: tuple[int, ...]) -> None:
 
 def convert(onnx_path: Path, out_dir: Path, settings: ConvertSettings,
             ) -> tuple[Path, dict[str, Any]]:
-    om_path, command = ascend.run_atc(onnx_path, out_dir, list(settings.atc_arguments))
+    arguments = list(settings.atc_arguments)
+    if settings.aipp_cfg:
+        config_file = out_dir / aipp.CONFIG_FILE
+        config_file.write_text(settings.aipp_cfg)
+        arguments.append(f"--insert_op_conf={config_file}")
+    om_path, command = ascend.run_atc(onnx_path, out_dir, arguments)
     make_readable_only_by_owner_group(om_path)
-    return om_path, {"atc_command": command, "soc_version": settings.soc_version,
-                     "cann": settings.cann, "log": "atc.log"}
+    facts: dict[str, Any] = {"atc_command": command, "soc_version": settings.soc_version,
+                             "cann": settings.cann, "log": "atc.log"}
+    if settings.aipp_cfg:
+        facts["aipp_cfg"] = aipp.CONFIG_FILE
+        facts["input"] = "uint8 (N, H, W, 3) RGB888_U8, normalized by AIPP in fp16"
+    return om_path, facts
 
 
 # ais_bench 2024-06-13 on (interface_check.py, common/path_security_check.py): what a model path

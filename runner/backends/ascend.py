@@ -34,7 +34,7 @@ FP32_CUBE_SOC = re.compile(r"^Ascend910B[1-4]$")
 FP32_MODES = ("must_keep_origin_dtype",)
 # options the runner sets from the model and chip config; atc_options may not repeat them
 MANAGED_OPTIONS = ("model", "framework", "output", "input_format", "input_shape", "soc_version",
-                   "dynamic_batch_size")
+                   "dynamic_batch_size", "insert_op_conf")
 # an Ascend chip name in the Name column: 310, 310P3, 310B4, 910B3, 910B2C, 910ProB, ...
 CHIP_NAME = re.compile(r"^(310|710|910)[A-Za-z0-9]*$")
 
@@ -178,7 +178,8 @@ def atc_options(chip: ChipConfig, soc_version: str | None = None) -> dict[str, s
         if key in MANAGED_OPTIONS:
             raise ConfigError(
                 f"chip.atc_options.{key} is set by the runner (from the model, bs, "
-                "chip.soc_version or chip.dynamic_batch_sizes): remove it"
+                "chip.soc_version, chip.dynamic_batch_sizes or, for insert_op_conf, "
+                "model.preprocess.on_device): remove it"
             )
         if not re.fullmatch(r"[a-z][a-z0-9_]*", str(key)):
             raise ConfigError(f"chip.atc_options.{key} is not an atc option name")

@@ -12,7 +12,7 @@ import importlib.util
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +20,9 @@ import numpy as np
 
 from runner import environment
 from runner.backends import ConversionError, SessionSettings
-from runner.config import RunConfig, input_shape
+from runner.config import Normalization, RunConfig, input_shape
 from runner.errors import ConfigError, ToolMissingError
+from runner.models import on_device
 from runner.models.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -39,10 +40,12 @@ class ConvertSettings:
 
     model: ModelSpec
     input_size: int  # of the probe batch compared with the ONNX file
+    # model.preprocess.on_device=true: the normalization the module applies to uint8 crops
+    in_model: Normalization | None = None
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> ConvertSettings:
-        return cls(ModelSpec.from_config(cfg), cfg.model.input_size)
+        return cls(ModelSpec.from_config(cfg), cfg.model.input_size, on_device.in_model(cfg))
 
 
 def convert_settings(cfg: RunConfig) -> ConvertSettings:
@@ -97,8 +100,11 @@ def _check_against_onnx(net: torch.nn.Module, onnx_path: Path, settings: Convert
     import torch
 
     size = settings.input_size
-    probe = np.random.default_rng(settings.model.seed).standard_normal(
-        input_shape(PROBE_BATCH, size, settings.model.input_layout), dtype=np.float32)
+    if settings.in_model is not None:
+        probe = on_device.probe_batch(PROBE_BATCH, size, settings.model.seed)
+    else:
+        probe = np.random.default_rng(settings.model.seed).standard_normal(
+            input_shape(PROBE_BATCH, size, settings.model.input_layout), dtype=np.float32)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
@@ -123,10 +129,12 @@ def convert(onnx_path: Path, out_dir: Path, settings: ConvertSettings,
 
     spec = settings.model
     net = spec.build()
-    difference = _check_against_onnx(net, onnx_path, settings)
+    difference = _check_against_onnx(on_device.wrap(net, settings.in_model), onnx_path, settings)
     target = out_dir / MODEL_FILE
+    in_model = None if settings.in_model is None else asdict(settings.in_model)
     torch.save({"arch": spec.arch, "arch_kwargs": dict(spec.arch_kwargs),
-                "input_layout": spec.input_layout, "state_dict": net.state_dict()}, target)
+                "input_layout": spec.input_layout, "in_model": in_model,
+                "state_dict": net.state_dict()}, target)
     return target, {"torch": torch.__version__, "arch": spec.arch,
                     "probe_max_abs_difference_vs_onnx": difference}
 
@@ -178,6 +186,13 @@ class TorchSession:
             build.resolve_arch(saved["arch"], settings.allowed_prefixes)(**saved["arch_kwargs"]),
             saved["input_layout"])
         net.load_state_dict(saved["state_dict"])
+        # model.preprocess.on_device=true: fed uint8 (N, H, W, 3) crops, which stay uint8 up to
+        # the device (a quarter of the bytes to copy) and keep their own layout
+        self._uint8_input = bool(saved.get("in_model"))
+        if self._uint8_input:
+            in_model = dict(saved["in_model"])
+            in_model["mean"], in_model["std"] = tuple(in_model["mean"]), tuple(in_model["std"])
+            net = on_device.wrap(net, Normalization(**in_model))
         self._torch = torch
         self._chip = settings
         self._cuda = settings.device_type == "cuda"
@@ -192,6 +207,10 @@ class TorchSession:
                 torch.set_num_threads(settings.threads)
         self._dtype = getattr(torch, DTYPES[settings.precision])
         self._layout = torch.channels_last if settings.channels_last else torch.contiguous_format
+        # the fed tensor's: the uint8 crops are NHWC already, the model's layers get channels
+        # last (when asked) from the weights' layout
+        self._input_layout = torch.contiguous_format if self._uint8_input else self._layout
+        self._input_dtype = torch.uint8 if self._uint8_input else torch.float32
         self._net = net.eval().to(device=self._device, dtype=self._dtype,
                                   memory_format=self._layout)
         self._forward: Any = self._net
@@ -235,11 +254,12 @@ class TorchSession:
         buffers: dict[str, Any] = {
             # pinned (page-locked) host memory: the copy to the GPU runs asynchronously at full
             # bus speed instead of through the driver's pageable staging buffer
-            "host_in": torch.zeros(full, dtype=torch.float32, pin_memory=self._cuda)}
+            "host_in": torch.zeros(full, dtype=self._input_dtype, pin_memory=self._cuda)}
         if self._cuda:
-            buffers["device_in"] = torch.zeros(full, dtype=torch.float32, device=self._device)
+            buffers["device_in"] = torch.zeros(full, dtype=self._input_dtype,
+                                               device=self._device)
             buffers["model_in"] = torch.zeros(full, dtype=self._dtype, device=self._device
-                                              ).contiguous(memory_format=self._layout)
+                                              ).contiguous(memory_format=self._input_layout)
         self._buffers = buffers
         if self._static:
             self._first_static_call(full)
@@ -247,7 +267,8 @@ class TorchSession:
     def _first_static_call(self, full: tuple[int, ...]) -> None:
         torch = self._torch
         model_in = self._buffers["model_in"] if self._cuda else (
-            self._buffers["host_in"].to(self._dtype).contiguous(memory_format=self._layout))
+            self._buffers["host_in"].to(self._dtype).contiguous(
+                memory_format=self._input_layout))
         with torch.inference_mode():
             started = time.perf_counter()
             if self._chip.cuda_graphs:
@@ -293,7 +314,8 @@ class TorchSession:
                 inputs = host_in
             else:
                 inputs = torch.from_numpy(batch)
-            logits = self._forward(inputs.to(self._dtype).contiguous(memory_format=self._layout))
+            logits = self._forward(inputs.to(self._dtype).contiguous(
+                memory_format=self._input_layout))
             return logits[:rows].float().numpy()
 
     def _run_cuda(self, batch: np.ndarray) -> np.ndarray:

@@ -47,7 +47,7 @@ class Settings:
     @classmethod
     def from_config(cls, cfg: RunConfig) -> Settings:
         return cls(BatchSpec(cfg.bs, cfg.model.input_size, cfg.model.preprocess.layout,
-                             cfg.benchmark.input, cfg.seed),
+                             cfg.benchmark.input, cfg.seed, cfg.model.preprocess.on_device),
                    copy.deepcopy(cfg.benchmark), SessionSettings.from_config(cfg),
                    cfg.chip.name, tuple(cfg.chip.devices), backend_code(cfg.chip.runtime),
                    environment.host_id(), lock_dir=str(cfg.cache_dir))

@@ -49,5 +49,8 @@ def run(settings: Settings, inputs: dict[str, Path], out_dir: Path) -> StageOutp
     # int8: how many images the quantization was calibrated on (num_images, clipped)
     metrics = ({"calibration_images": float(facts["calibration_images"])}
                if "calibration_images" in facts else {})
-    return StageOutput(artifacts={"model": model_path.name}, metrics=metrics,
+    artifacts = {"model": model_path.name}
+    if "aipp_cfg" in facts:  # Ascend, model.preprocess.on_device=true: logged with the run
+        artifacts["aipp_cfg"] = facts["aipp_cfg"]
+    return StageOutput(artifacts=artifacts, metrics=metrics,
                        info={"runtime": settings.runtime, **facts})

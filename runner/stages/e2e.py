@@ -33,7 +33,8 @@ METHOD = {
     "e2e_fps": "images / wall seconds from asking for the first batch to writing the last chunk "
     "(session load, warm-up and the device check excluded)",
     "read": "reading the batch's uint8 crops from the preprocess cache files (loader thread)",
-    "preprocess": "normalize: /255, -mean, /std, HWC->CHW, float32 (loader thread)",
+    "preprocess": "normalize: /255, -mean, /std, HWC->CHW, float32 (loader thread); with "
+    "model.preprocess.on_device=true none: the uint8 crops are fed as read",
     "infer": "one synchronous session.run per batch (main thread)",
     "post": "logits to float32 host array, into the chunk; writing each finished chunk file",
     "e2e_<part>_fps": "1000 * images / total ms in that part (the old tool's throughputRate)",

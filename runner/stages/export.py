@@ -1,4 +1,8 @@
-"""export: PyTorch checkpoint -> ONNX (the guide's opset, I/O names and dynamic batch axis)."""
+"""export: PyTorch checkpoint -> ONNX (the guide's opset, I/O names and dynamic batch axis).
+
+With model.preprocess.on_device=true on ONNX Runtime or PyTorch the ONNX input is uint8
+(N, H, W, 3) and the recipe's normalization its first nodes (runner.models.on_device); on
+Ascend the file keeps its float input and AIPP normalizes (runner.backends.aipp)."""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner.cache import StageOutput, atomic_output_path, digest_file
-from runner.config import RunConfig, input_shape
+from runner.config import Normalization, RunConfig, input_shape
+from runner.models import on_device
 from runner.models.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -15,7 +20,7 @@ if TYPE_CHECKING:
 
 NEEDS: tuple[str, ...] = ()
 GIVES = ("onnx",)
-CODE = ("runner.models.build", "runner.models.spec")
+CODE = ("runner.models.build", "runner.models.spec", "runner.models.on_device")
 ONNX_FILE = "model.onnx"
 
 
@@ -27,7 +32,10 @@ class OnnxSpec:
     output_name: str
     input_size: int  # H = W of the input
     opset: int
-    layout: str  # of the input: NCHW | NHWC
+    layout: str  # of the normalized input: NCHW | NHWC
+    # the normalization the model applies to a uint8 (N, H, W, 3) input as its first nodes
+    # (model.preprocess.on_device=true, runner.models.on_device); None: a float input
+    in_model: Normalization | None = None
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,8 @@ class Settings:
 
 def onnx_spec(cfg: RunConfig) -> OnnxSpec:
     m = cfg.model
-    return OnnxSpec(m.input_name, m.output_name, m.input_size, m.opset, m.preprocess.layout)
+    return OnnxSpec(m.input_name, m.output_name, m.input_size, m.opset, m.preprocess.layout,
+                    on_device.in_model(cfg))
 
 
 def check(settings: Settings) -> None:
@@ -53,7 +62,11 @@ def export_onnx(net: nn.Module, spec: OnnxSpec, target: Path) -> None:
     import onnx
     import torch
 
-    dummy = torch.randn(*input_shape(1, spec.input_size, spec.layout))
+    if spec.in_model is not None:
+        net = on_device.wrap(net, spec.in_model)
+        dummy = torch.from_numpy(on_device.probe_batch(1, spec.input_size, seed=0))
+    else:
+        dummy = torch.randn(*input_shape(1, spec.input_size, spec.layout))
     with atomic_output_path(target) as writing, torch.no_grad():
         # the TorchScript exporter: the dynamo one needs opset >= 18, the guides need 11
         torch.onnx.export(
@@ -76,6 +89,8 @@ def run(settings: Settings, inputs: dict[str, Path], out_dir: Path) -> StageOutp
     export_onnx(net, settings.onnx, target)
     return StageOutput(
         artifacts={"onnx": ONNX_FILE},
-        info={"weights": settings.model.weights_identity, "opset": settings.onnx.opset},
+        info={"weights": settings.model.weights_identity, "opset": settings.onnx.opset,
+              "input": "uint8 (N, H, W, 3), normalized in the model"
+              if settings.onnx.in_model is not None else "float32"},
         digests={"onnx": f"sha256:{digest_file(target)}"},
     )

@@ -41,7 +41,9 @@ class Settings:
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> Settings:
-        return cls(ModelSpec.from_config(cfg), cfg.model.preprocess.normalization(),
+        # the float route's tensors whichever route infer feeds: parity holds the on-device
+        # route to the float PyTorch reference (and one reference serves both routes)
+        return cls(ModelSpec.from_config(cfg), cfg.model.preprocess.host_normalization(),
                    cfg.parity.sample, cfg.seed, cfg.parity.device)
 
 

@@ -132,8 +132,11 @@ class InferenceSession:
         shape = list(header["input_shape"])
         self._gears = header.get("dynamic_batch_size") or []
         batch = max(self._gears) if shape[0] == -1 else shape[0]
-        size = int(np.prod([batch, *shape[1:]])) * 4
-        self._input = TensorDesc(header["input_name"], shape, size, size)
+        # an AIPP model (atc --insert_op_conf) takes uint8 RGB888_U8 images: a byte per value
+        self._dtype = np.dtype(header.get("input_dtype", "float32"))
+        size = int(np.prod([batch, *shape[1:]])) * self._dtype.itemsize
+        self._input = TensorDesc(header["input_name"], shape, size, size,
+                                 getattr(dtype, self._dtype.name))
         self._dynamic_batch: int | None = None  # dynamicInfo_.dynamicType == DYNAMIC_BATCH
         self._zero_point = time.time()  # InitSumaryInfo (2023-10 on)
         self._times: list = []
@@ -182,7 +185,7 @@ class InferenceSession:
             raise _fail("acl execute failed:1 (stand-in: a dynamic-batch OM executed with no "
                         "batch size set)", "Execute Infer failed ret:-1")
         batch = self._dynamic_batch or self._input.shape[0]
-        data = np.frombuffer(np.ascontiguousarray(array).tobytes(), dtype=np.float32)
+        data = np.frombuffer(np.ascontiguousarray(array).tobytes(), dtype=self._dtype)
         feed = {self._input.name: data.reshape(batch, *self._input.shape[1:])}
         for _ in range(max(1, self._options.loop)):
             start = time.time()

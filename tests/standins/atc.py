@@ -27,6 +27,22 @@ so that ONNX Runtime computes what the NPU's units would:
 Rounding is a Cast to float16 and back after each rounded tensor (weights are rounded in place):
 ONNX Runtime then multiplies fp16-representable values and accumulates in fp32, as the cube unit
 does (fp16 inputs, fp32 accumulation), and the next operator sees fp16-stored activations.
+
+`--insert_op_conf` (static AIPP; CANN 8.0.0 ATC manual, "Configuration File Template",
+https://www.hiascend.com/document/detail/en/canncommercial/800/devaids/atc/atlasatc_16_0025.html,
+and "Normalization Configuration", atlasatc_16_0022.html): the file is prototxt, one `aipp_op {}`
+of `key : value` fields from the template's list; a field the template does not name, a field
+given twice (protobuf's text format refuses a non-repeated field set twice), a value of the
+wrong type or out of its range (mean_chn an integer 0..255, min_chn 0..255, var_reci_chn
+-65504..65504: the dynamic-AIPP API's ranges, aclcppdevg_03_1423/1424) fails as an E10001
+invalid value naming the field. The stand-in simulates static RGB888_U8 AIPP without crop, CSC,
+resize or padding (another input_format or switch fails, saying so); src_image_size_w/h must be
+0 or the model's W/H (atlasatc_16_0023: the image AIPP outputs is the --input_shape size). The
+OM then takes uint8 (N, H, W, 3) and its graph begins with the unit's arithmetic in fp16, in the
+manual's order: channel swap (rbuv_swap_switch), then per output channel
+pixel_out = [pixel_in - mean_chn - min_chn] * var_reci_chn, min_chn and var_reci_chn stored as
+fp16 and each step rounded to fp16, then NCHW into the model. The real OM's reported input
+shape for an AIPP input is not documented in what was read; the stand-in reports (N, H, W, 3).
 """
 
 import json
@@ -136,6 +152,152 @@ def simulate_precision(model: onnx.ModelProto, mode: str) -> onnx.ModelProto:
     return model
 
 
+# the aipp_op fields of the template (atlasatc_16_0025), with the type of their values
+AIPP_BOOL = {"crop", "resize", "padding", "rbuv_swap_switch", "ax_swap_switch",
+             "single_line_mode", "csc_switch", "support_rotation"}
+AIPP_INT = {"related_input_rank", "src_image_size_w", "src_image_size_h", "load_start_pos_w",
+            "load_start_pos_h", "crop_size_w", "crop_size_h", "resize_output_w",
+            "resize_output_h", "left_padding_size", "right_padding_size", "top_padding_size",
+            "bottom_padding_size", "max_src_image_size",
+            *(f"matrix_r{r}c{c}" for r in range(3) for c in range(3)),
+            *(f"output_bias_{i}" for i in range(3)), *(f"input_bias_{i}" for i in range(3)),
+            *(f"mean_chn_{i}" for i in range(4))}
+AIPP_FLOAT = {"padding_value", *(f"min_chn_{i}" for i in range(4)),
+              *(f"var_reci_chn_{i}" for i in range(4))}
+AIPP_ENUM = {"aipp_mode": {"static", "dynamic"},
+             "input_format": {"YUV420SP_U8", "XRGB8888_U8", "RGB888_U8", "YUV400_U8",
+                              "ARGB8888_U8", "YUYV_U8", "YUV422SP_U8", "AYUV444_U8", "RAW10",
+                              "RAW12", "RAW16", "RAW24"}}
+AIPP_TEXT = {"related_input_name"}
+AIPP_FIELDS = AIPP_BOOL | AIPP_INT | AIPP_FLOAT | set(AIPP_ENUM) | AIPP_TEXT
+FP16_MAX = 65504.0
+
+
+def invalid_aipp(field: str, value: object, why: str) -> None:
+    invalid("insert_op_conf", f"{field}: {value}", f": {why}")
+
+
+def parse_aipp(path: Path) -> dict:
+    """The one aipp_op of a static AIPP file, values typed; refuses what atc refuses."""
+    if not path.is_file():
+        invalid("insert_op_conf", path, ": file does not exist")
+    text = "\n".join(line.split("#", 1)[0] for line in path.read_text().splitlines())
+    match = re.fullmatch(r"\s*aipp_op\s*\{(.*)\}\s*", text, re.DOTALL)
+    if not match:
+        invalid("insert_op_conf", path, ": expected one aipp_op { ... } block")
+    fields: dict = {}
+    for line in match.group(1).splitlines():
+        if not line.strip():
+            continue
+        item = re.fullmatch(r"\s*([a-z_0-9]+)\s*:\s*(\S+)\s*", line)
+        if not item:
+            invalid("insert_op_conf", line.strip(), ": not a `field : value` line")
+        key, raw = item.groups()
+        if key not in AIPP_FIELDS:
+            invalid_aipp(key, raw, "no such aipp_op field")
+        if key in fields:
+            invalid_aipp(key, raw, "non-repeated field is specified multiple times")
+        if key in AIPP_BOOL:
+            if raw not in ("true", "false", "1", "0"):
+                invalid_aipp(key, raw, "expected true or false")
+            fields[key] = raw in ("true", "1")
+        elif key in AIPP_INT:
+            if not re.fullmatch(r"-?\d+", raw):
+                invalid_aipp(key, raw, "expected an integer")
+            fields[key] = int(raw)
+        elif key in AIPP_FLOAT:
+            try:
+                fields[key] = float(raw)
+            except ValueError:
+                invalid_aipp(key, raw, "expected a number")
+        elif key in AIPP_ENUM:
+            if raw not in AIPP_ENUM[key]:
+                invalid_aipp(key, raw, f"expected one of {', '.join(sorted(AIPP_ENUM[key]))}")
+            fields[key] = raw
+        else:
+            fields[key] = raw.strip('"')
+    if "aipp_mode" not in fields:
+        invalid_aipp("aipp_mode", "(missing)", "aipp_mode is required")
+    if fields["aipp_mode"] == "static" and "input_format" not in fields:
+        invalid_aipp("input_format", "(missing)", "static AIPP requires input_format")
+    for index in range(4):
+        mean = fields.get(f"mean_chn_{index}", 0)
+        if not 0 <= mean <= 255:
+            invalid_aipp(f"mean_chn_{index}", mean, "out of range [0, 255]")
+        low = fields.get(f"min_chn_{index}", 0.0)
+        if not 0.0 <= low <= 255.0:
+            invalid_aipp(f"min_chn_{index}", low, "out of range [0, 255]")
+        reci = fields.get(f"var_reci_chn_{index}", 1.0)
+        if not -FP16_MAX <= reci <= FP16_MAX:
+            invalid_aipp(f"var_reci_chn_{index}", reci, "out of range [-65504, 65504]")
+    for key in ("src_image_size_w", "src_image_size_h"):
+        if not 0 <= fields.get(key, 0) <= 4096:
+            invalid_aipp(key, fields[key], "out of range [0, 4096]")
+    return fields
+
+
+def _round16(source: str, target: str) -> list:
+    return _cast_pair(source, target)
+
+
+def insert_aipp(model: onnx.ModelProto, fields: dict, shape: list[int]) -> onnx.ModelProto:
+    """The graph behind a static RGB888_U8 AIPP op: uint8 (N, H, W, 3) in, the unit's fp16
+    arithmetic, NCHW into the original first layer."""
+    unsupported = [k for k in ("crop", "resize", "padding", "csc_switch", "ax_swap_switch",
+                               "single_line_mode") if fields.get(k)]
+    if fields["aipp_mode"] != "static" or fields["input_format"] != "RGB888_U8" or unsupported:
+        what = unsupported[0] if unsupported else (
+            f"aipp_mode {fields['aipp_mode']}" if fields["aipp_mode"] != "static"
+            else f"input_format {fields['input_format']}")
+        fail("E10001", f"[--insert_op_conf]: {what} is not simulated by this stand-in (static "
+             "RGB888_U8 without crop, resize, padding or CSC only)")
+    _, _, height, width = shape
+    for key, model_size in (("src_image_size_w", width), ("src_image_size_h", height)):
+        if fields.get(key, 0) not in (0, model_size):
+            invalid_aipp(key, fields[key], f"without crop or padding the image must be the "
+                         f"model's {model_size} (--input_shape)")
+    graph = model.graph
+    (original,) = graph.input
+    name = original.name
+    normalized = f"{name}__aipp"
+    for node in graph.node:
+        node.input[:] = [normalized if x == name else x for x in node.input]
+    half = np.float16
+    mean = np.array([fields.get(f"mean_chn_{i}", 0) for i in range(3)], dtype=np.float32)
+    low = np.array([fields.get(f"min_chn_{i}", 0.0) for i in range(3)]).astype(half)
+    reci = np.array([fields.get(f"var_reci_chn_{i}", 1.0) for i in range(3)]).astype(half)
+    constants = {f"{name}__aipp_mean": mean, f"{name}__aipp_min": low.astype(np.float32),
+                 f"{name}__aipp_reci": reci.astype(np.float32)}
+    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in constants.items())
+    nodes = [helper.make_node("Cast", [name], [f"{name}__f"], to=TensorProto.FLOAT)]
+    pixels = f"{name}__f"
+    if fields.get("rbuv_swap_switch"):  # R and B swapped before the normalization
+        graph.initializer.append(numpy_helper.from_array(np.array([2, 1, 0], dtype=np.int64),
+                                                         f"{name}__aipp_swap"))
+        nodes.append(helper.make_node("Gather", [pixels, f"{name}__aipp_swap"],
+                                      [f"{name}__swapped"], axis=3))
+        pixels = f"{name}__swapped"
+    # pixel - mean_chn: integers, exact; then - min_chn and * var_reci_chn, each rounded to fp16
+    nodes += [helper.make_node("Sub", [pixels, f"{name}__aipp_mean"], [f"{name}__centred"]),
+              *_round16(f"{name}__centred", f"{name}__centred16"),
+              helper.make_node("Sub", [f"{name}__centred16", f"{name}__aipp_min"],
+                               [f"{name}__shifted"]),
+              *_round16(f"{name}__shifted", f"{name}__shifted16"),
+              helper.make_node("Mul", [f"{name}__shifted16", f"{name}__aipp_reci"],
+                               [f"{name}__scaled"]),
+              *_round16(f"{name}__scaled", f"{name}__scaled16"),
+              helper.make_node("Transpose", [f"{name}__scaled16"], [normalized],
+                               perm=[0, 3, 1, 2])]
+    existing = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([*nodes, *existing])
+    batch = shape[0] if shape[0] > 0 else "batch"
+    graph.input.remove(original)
+    graph.input.insert(0, helper.make_tensor_value_info(name, TensorProto.UINT8,
+                                                        [batch, height, width, 3]))
+    return model
+
+
 def main(argv: list[str]) -> None:
     record({"tool": "atc", "argv": argv, "cwd": os.getcwd()})
     options = {}
@@ -190,17 +352,25 @@ def main(argv: list[str]) -> None:
             fail("E19999", f"[--precision_mode=must_keep_origin_dtype]: operator {cube_ops[0]} "
                  f"has no float32 implementation on {options['soc_version']} (the stand-in "
                  "follows CANN 6.0.1's manual: must_keep_origin_dtype cannot be used then)")
+    aipp = parse_aipp(Path(options["insert_op_conf"])) if "insert_op_conf" in options else None
+    if aipp is not None and options.get("input_format", "NCHW") != "NCHW":
+        invalid("input_format", options["input_format"], ": AIPP feeds an ONNX model NCHW only")
     header = {
         "standin": "om",
         "soc_version": options["soc_version"],
         "precision_mode": mode,
         "input_name": graph_input.name,
         "input_shape": shape,
+        "input_dtype": "float32",
         "dynamic_batch_size": sizes,
         "output_name": model.graph.output[0].name,
     }
     target = Path(options["output"] + ".om")
     converted = simulate_precision(model, mode)
+    if aipp is not None:
+        converted = insert_aipp(converted, aipp, shape)
+        header.update({"input_shape": [shape[0], shape[2], shape[3], 3], "input_dtype": "uint8",
+                       "aipp": aipp})
     target.write_bytes(json.dumps(header).encode() + b"\n" + converted.SerializeToString())
     print("ATC run success, welcome to the next use.")
 
