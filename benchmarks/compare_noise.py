@@ -8,8 +8,8 @@ them), and each false alarm names the figure and verdict behind it. Detection: N
 candidate is a test build 10% slower (benchmarks/slowed/sitecustomize.py on its PYTHONPATH: each
 InferenceSession.run sleeps a ninth of its own duration, so throughput is 0.90x; --slower threads:
 half the baseline's intra-op threads instead), counted when throughput_fps is REGRESSED. Every
-pair is judged by each of compare's kinds of noise (the standard error of the figure, the
-default, and one repeat's spread, the earlier rule) on the same runs, so their rates compare
+pair is judged by each of compare's kinds of noise (one repeat's spread, the default, and the
+standard error of the figure) on the same runs, so their rates compare
 without the machine's hour between them. Both rates print with the load average
 (os.getloadavg) before and after each half.
 

@@ -48,9 +48,10 @@ IDENTITY = ("model", "chip", "chip.precision", "bs")
 NOISE_METRICS = ("throughput_cv", "benchmark_window_spread", "benchmark_repeats",
                  "throughput_fps_min", "throughput_fps_max", "benchmark_valid",
                  "latency_ms_p50_cv", "latency_ms_p99_cv")
-# what a run's noise is: the standard error of its figure over its repeats (the default), or
-# the spread of one repeat (the earlier, wider rule: about sqrt(repeats) times the band)
-NOISE_KINDS = ("standard-error", "repeat-spread")
+# what a run's noise is: the spread of one repeat (the default), or the standard error of its
+# figure over its repeats (a band about 1/sqrt(repeats) as wide: twice the false alarms of the
+# default on the 2-core VM, no more detection; docs/results.md)
+NOISE_KINDS = ("repeat-spread", "standard-error")
 
 
 class CompareError(RunnerError):
@@ -81,23 +82,25 @@ FIGURE_NAMES = tuple(f.metric for f in FIGURES)
 @dataclass(frozen=True)
 class Rule:
     """When a difference is beyond noise. Timing figures: each run's relative noise is the
-    standard error of its figure: the spread of its repeats (the coefficient of variation of
-    their throughput, throughput_cv, and for a latency percentile the larger of that and the
-    percentile's own CV over the repeats, latency_ms_p99_cv: a tail moves more than the mean)
-    over sqrt(repeats), since the figure is taken over all the repeats' calls. A run of one
-    repeat has only its windows: half its worst window spread. The two runs' noise combine as
-    sqrt(nb^2 + nc^2); the figure changed when |candidate/baseline - 1| > max(k * combined,
-    min_effect). The repeats run back to back in one process, so they miss what varies between
-    processes (placement, the machine's hour): min_effect is the floor for that.
+    spread of one repeat: the largest of the coefficient of variation of its repeats'
+    throughput (throughput_cv), half its worst window spread, and for a latency percentile that
+    percentile's own CV over the repeats (latency_ms_p99_cv: a tail moves more than the mean).
+    The two runs' noise combine as sqrt(nb^2 + nc^2); the figure changed when
+    |candidate/baseline - 1| > max(k * combined, min_effect). The repeats run back to back in
+    one process, so they miss what varies between processes (placement, the machine's hour):
+    min_effect is the floor for that.
 
-    noise="repeat-spread" is the earlier, wider rule: n = max(throughput_cv, half the window
-    spread, the percentile's CV), one repeat's spread rather than the figure's. On the shared
-    2-core VM it let a 10% slowdown through in 2 of 13 pairs (docs/results.md)."""
+    noise="standard-error" holds the figure to its standard error instead (the spread over
+    sqrt(repeats), since the figure is taken over all the repeats' calls; one repeat: half its
+    worst window spread), a narrower band. On the 2-core VM it raised twice the false alarms
+    of the default (4 of 20 identical pairs against 2) and caught a 10% slowdown no more often
+    (19 of 20 both): the variance between processes, which no run measures, is what limits
+    either (docs/results.md)."""
 
     k: float = 2.0
     min_effect: float = 0.05
     memory_min_effect: float = 0.10
-    noise: str = "standard-error"
+    noise: str = NOISE_KINDS[0]
 
     def text(self) -> str:
         noise = ("n = a run's standard error = its repeats' spread (throughput_cv; for latency "
@@ -589,10 +592,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-effect", type=float, default=Rule.min_effect,
                    help=f"smallest relative change of a timing figure (default {Rule.min_effect})")
     p.add_argument("--noise", choices=NOISE_KINDS, default=Rule.noise,
-                   help="a run's noise: the standard error of its figure over its repeats "
-                   "(default) or one repeat's spread (repeat-spread: a band about "
-                   "sqrt(repeats) times wider, fewer false alarms on a noisy host, less "
-                   "detection)")
+                   help="a run's noise: one repeat's spread (repeat-spread, the default) or "
+                   "the standard error of its figure over its repeats (standard-error: a band "
+                   "about 1/sqrt(repeats) as wide, more false alarms)")
     p.add_argument("--memory-min-effect", type=float, default=Rule.memory_min_effect,
                    help=f"of peak memory (default {Rule.memory_min_effect})")
     p.add_argument("--save", metavar="FILE", help="write the results JSON (a side of a later "
