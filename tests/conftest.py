@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -148,3 +149,12 @@ def fast_benchmark() -> tuple[str, ...]:
 
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files with the most whole-pipeline (slow) tests first, each file's tests in their own
+    order: pytest-xdist's --dist loadfile hands out files in this order, so the long ones start
+    while the short ones fill the gaps, rather than one long file running alone at the end
+    (collection order is alphabetical: test_sweep.py, among the longest, came last but three)."""
+    slow_in_file = Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow_in_file[item.path])  # a stable sort: file order is kept
