@@ -9,8 +9,8 @@ candidate is a test build 10% slower (benchmarks/slowed/sitecustomize.py on its 
 InferenceSession.run sleeps a ninth of its own duration, so throughput is 0.90x; --slower threads:
 half the baseline's intra-op threads instead), counted when throughput_fps is REGRESSED. Every
 pair is judged by each of compare's kinds of noise (one repeat's spread, the default, and the
-standard error of the figure) on the same runs, so their rates compare
-without the machine's hour between them. Both rates print with the load average
+standard error of the figure) on the same runs, so their rates compare without the machine's
+hour between them. Both rates print with the load average
 (os.getloadavg) before and after each half.
 
     python -m benchmarks.compare_noise --pairs 20

@@ -49,8 +49,7 @@ NOISE_METRICS = ("throughput_cv", "benchmark_window_spread", "benchmark_repeats"
                  "throughput_fps_min", "throughput_fps_max", "benchmark_valid",
                  "latency_ms_p50_cv", "latency_ms_p99_cv")
 # what a run's noise is: the spread of one repeat (the default), or the standard error of its
-# figure over its repeats (a band about 1/sqrt(repeats) as wide: twice the false alarms of the
-# default on the 2-core VM, no more detection; docs/results.md)
+# figure over its repeats (Rule says when each suits)
 NOISE_KINDS = ("repeat-spread", "standard-error")
 
 
