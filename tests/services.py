@@ -31,9 +31,39 @@ RAY_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_E
 
 
 def free_port() -> int:
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: the sockets stay bound until all are picked, so the kernel
+    cannot hand out one port twice."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((LOOPBACK, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def free_port_range(size: int, avoid: set[int], tries: int = 200) -> int:
+    """The first port of `size` consecutive free ports, none of them in `avoid`."""
+    for _ in range(tries):
+        first = free_port()
+        span = range(first, first + size)
+        if first + size <= 65536 and not avoid.intersection(span) and all(map(_bindable, span)):
+            return first
+    raise RuntimeError(f"no {size} consecutive free ports on {LOOPBACK} after {tries} tries")
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
 
 
 def _wait(ready: Callable[[], bool], process: subprocess.Popen, log: Path, what: str,
@@ -108,18 +138,22 @@ class RayHead:
 def ray_head(num_cpus: int = 2) -> Iterator[RayHead]:
     """`ray start --head --block` on 127.0.0.1, stopped (all its processes) on exit."""
     temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Unix socket paths
-    port = free_port()
-    worker_ports = free_port()
+    # Ray refuses to start when two of its components are given one port (CI once drew a
+    # single port inside the worker range), so every port is distinct and outside the range.
+    (port, dashboard, client_server, node_manager, object_manager, runtime_env_agent,
+     agent_listen, agent_grpc, metrics_export) = singles = free_ports(9)
+    worker_count = 51
+    first_worker = free_port_range(worker_count, avoid=set(singles))
     command = [
         str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
         f"--node-ip-address={LOOPBACK}", f"--port={port}", f"--num-cpus={num_cpus}",
-        "--include-dashboard=false", f"--dashboard-port={free_port()}", f"--temp-dir={temp_dir}",
+        "--include-dashboard=false", f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}",
         f"--object-store-memory={200 << 20}",
-        f"--ray-client-server-port={free_port()}", f"--node-manager-port={free_port()}",
-        f"--object-manager-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}",
-        f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
-        f"--min-worker-port={worker_ports}", f"--max-worker-port={worker_ports + 50}",
+        f"--ray-client-server-port={client_server}", f"--node-manager-port={node_manager}",
+        f"--object-manager-port={object_manager}", f"--runtime-env-agent-port={runtime_env_agent}",
+        f"--dashboard-agent-listen-port={agent_listen}",
+        f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics_export}",
+        f"--min-worker-port={first_worker}", f"--max-worker-port={first_worker + worker_count - 1}",
     ]
     # workers import `runner` from this checkout, as a cluster node would from its install
     env = {**os.environ, **RAY_LOOPBACK_ENV, "PYTHONPATH": str(PROJECT_ROOT)}
