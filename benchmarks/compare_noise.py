@@ -7,11 +7,14 @@ every figure is SAME (INVALID rows, a busy machine's, are counted apart: the rul
 them), and each false alarm names the figure and verdict behind it. Detection: N pairs whose
 candidate is a test build 10% slower (benchmarks/slowed/sitecustomize.py on its PYTHONPATH: each
 InferenceSession.run sleeps a ninth of its own duration, so throughput is 0.90x; --slower threads:
-half the baseline's intra-op threads instead), counted when throughput_fps is REGRESSED. Every
-pair is judged by each of compare's kinds of noise (one repeat's spread, the default, and the
-standard error of the figure) on the same runs, so their rates compare without the machine's
-hour between them. Both rates print with the load average
-(os.getloadavg) before and after each half.
+half the baseline's intra-op threads instead), counted when throughput_fps is REGRESSED.
+
+Side by side in one run (--repeats both, the default): each pair is made twice in a row, its
+runs' repeats each in a fresh process (benchmark.isolate_repeats=true, the default) and back to
+back in one process (false), the order alternating from pair to pair; every pair is judged by
+each of compare's kinds of noise (auto, the default; one repeat's spread; the standard error of
+the figure) on the same runs, so the rates compare without the machine's hour between them. The
+rates print with the load average (os.getloadavg) before and after each half.
 
     python -m benchmarks.compare_noise --pairs 20
 """
@@ -38,13 +41,19 @@ ALARMS = (compare.REGRESSED, compare.IMPROVED, compare.UNMATCHED)
 SLOWED = Path(__file__).parent / "slowed"  # the 10% slower test build's sitecustomize.py
 
 
-def one_run(work: Path, args: argparse.Namespace, threads: int, slowed: bool = False) -> str:
-    """One CLI run into the store under `work` (`slowed`: the 10% slower test build); its run
-    id."""
+REPEATS = {"fresh processes": "benchmark.isolate_repeats=true",
+           "one process": "benchmark.isolate_repeats=false"}
+
+
+def one_run(work: Path, args: argparse.Namespace, threads: int, repeats: str,
+            slowed: bool = False) -> str:
+    """One CLI run into the store under `work`, its repeats as `repeats` (a key of REPEATS;
+    `slowed`: the 10% slower test build); its run id."""
     db = work / "mlflow.db"
     command = [sys.executable, "-m", "runner", f"model={args.model}", f"bs={args.bs}",
                "dataset=synthetic", "model.weights=random", "stage=performance",
-               *args.benchmark, f"chip.threads={threads}", f"paths.cache_dir={args.cache_dir}",
+               *args.benchmark, REPEATS[repeats], f"chip.threads={threads}",
+               f"paths.cache_dir={args.cache_dir}",
                f"mlflow.tracking_uri=sqlite:///{db}", f"mlflow.artifact_location={work}/mlruns",
                f"hydra.run.dir={work}/runs/${{now:%H-%M-%S-%f}}"]
     env = dict(os.environ)
@@ -67,11 +76,11 @@ def one_run(work: Path, args: argparse.Namespace, threads: int, slowed: bool = F
 RULES = {kind: compare.Rule(noise=kind) for kind in compare.NOISE_KINDS}
 
 
-def pair(work: Path, args: argparse.Namespace, threads: tuple[int, int],
+def pair(work: Path, args: argparse.Namespace, threads: tuple[int, int], repeats: str,
          slowed: bool = False) -> dict[str, compare.Comparison]:
     """One pair of runs, judged by each rule of RULES."""
-    baseline = one_run(work, args, threads[0])
-    candidate = one_run(work, args, threads[1], slowed)
+    baseline = one_run(work, args, threads[0], repeats)
+    candidate = one_run(work, args, threads[1], repeats, slowed)
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
     sides = (compare.load_side(baseline, "baseline", client),
              compare.load_side(candidate, "candidate", client))
@@ -121,14 +130,20 @@ def main() -> None:
                         help="the slower candidate: the 10%% slower test build (sleep) or half "
                         "the threads")
     parser.add_argument("--cache-dir", default=str(PROJECT_ROOT / "outputs" / "cache"))
+    parser.add_argument("--repeats", choices=(*REPEATS, "both"), default="both",
+                        help="how each run's repeats run: each in a fresh process, back to back "
+                        "in one process, or both side by side (each pair made both ways)")
     args = parser.parse_args()
     if args.pairs < 1 or args.threads < 2:
         raise SystemExit("--pairs must be >= 1 and --threads >= 2 (half of it is the candidate's)")
     half = args.threads // 2
     args.benchmark = ["debug=quick_benchmark", "benchmark.min_iters=20"] if args.quick else []
+    ways = list(REPEATS) if args.repeats == "both" else [args.repeats]
     common.header(f"compare's false-alarm and detection rates, {args.pairs} pairs each", [
         f"{args.model} bs {args.bs}, dataset=synthetic, model.weights=random, stage=performance, "
         f"{' '.join(args.benchmark) or 'the default benchmark.* settings'}; one CLI process a run",
+        "repeats: " + "; ".join(f"{way} ({REPEATS[way]})" for way in ways)
+        + (", each pair made both ways in a row, the order alternating" if len(ways) > 1 else ""),
         *(f"rule {kind}: {rule.text()}" for kind, rule in RULES.items()),
         f"identical: chip.threads={args.threads} twice; slower: "
         + (f"chip.threads={args.threads} then {half}" if args.slower == "threads" else
@@ -138,37 +153,43 @@ def main() -> None:
     common.make(common.run_config(f"model={args.model}", f"bs={args.bs}", "dataset=synthetic",
                                   "model.weights=random", f"paths.cache_dir={args.cache_dir}"),
                 ["export", "convert"])  # made once, not in the first pair's time
+    tallies = {half_name: {(way, kind): Tally() for way in ways for kind in RULES}
+               for half_name in ("identical", "slower")}
+    loads = {}
     with tempfile.TemporaryDirectory(prefix="compare-noise-") as folder:
         work = Path(folder)
-        before = load()
-        identical = {kind: Tally() for kind in RULES}
-        for n in range(args.pairs):
-            judged = pair(work, args, (args.threads, args.threads))
-            lines = "; ".join(f"{kind}: {identical[kind].identical(result)}"
-                              for kind, result in judged.items())
-            print(f"  identical pair {n + 1}: {lines}  load {load()}", flush=True)
-        identical_load = f"{before} -> {load()}"
-        before = load()
-        slower = {kind: Tally() for kind in RULES}
-        for n in range(args.pairs):
-            slow = args.slower == "sleep"
-            judged = pair(work, args, (args.threads, args.threads if slow else half), slow)
-            lines = "; ".join(f"{kind}: {slower[kind].slower(result)}"
-                              for kind, result in judged.items())
-            print(f"  slower pair {n + 1}: {lines}  load {load()}", flush=True)
-        slower_load = f"{before} -> {load()}"
-    for kind in RULES:
-        same, fast = identical[kind], slower[kind]
-        print(f"rule {kind}: false alarms {same.alarms}/{args.pairs} identical pairs "
-              f"({same.alarms / args.pairs:.0%}) had a figure IMPROVED/REGRESSED/UNMATCHED"
-              + (f" ({', '.join(f'{k} in {n}' for k, n in same.behind.most_common())})"
-                 if same.behind else "")
-              + f"; SAME on every figure {same.same}/{args.pairs} "
-              f"({same.same / args.pairs:.0%}); pairs with INVALID rows {same.invalid}; load "
-              f"average (1/5/15 min) {identical_load}")
-        print(f"rule {kind}: detection: throughput REGRESSED in {fast.caught}/{args.pairs} "
-              f"slower pairs ({fast.caught / args.pairs:.0%}); INVALID {fast.invalid}; load "
-              f"average {slower_load}")
+        for half_name in ("identical", "slower"):
+            before = load()
+            for n in range(args.pairs):
+                for way in (ways if n % 2 == 0 else ways[::-1]):
+                    if half_name == "identical":
+                        judged = pair(work, args, (args.threads, args.threads), way)
+                    else:
+                        slow = args.slower == "sleep"
+                        judged = pair(work, args, (args.threads, args.threads if slow else half),
+                                      way, slow)
+                    lines = "; ".join(
+                        f"{kind}: " + (tallies[half_name][way, kind].identical(result)
+                                       if half_name == "identical" else
+                                       tallies[half_name][way, kind].slower(result))
+                        for kind, result in judged.items())
+                    print(f"  {half_name} pair {n + 1}, repeats in {way}: {lines}  load "
+                          f"{load()}", flush=True)
+            loads[half_name] = f"{before} -> {load()}"
+    for way in ways:
+        for kind in RULES:
+            same, fast = tallies["identical"][way, kind], tallies["slower"][way, kind]
+            name = f"repeats in {way}, rule {kind}"
+            print(f"{name}: false alarms {same.alarms}/{args.pairs} identical pairs "
+                  f"({same.alarms / args.pairs:.0%}) had a figure IMPROVED/REGRESSED/UNMATCHED"
+                  + (f" ({', '.join(f'{k} in {n}' for k, n in same.behind.most_common())})"
+                     if same.behind else "")
+                  + f"; SAME on every figure {same.same}/{args.pairs} "
+                  f"({same.same / args.pairs:.0%}); pairs with INVALID rows {same.invalid}; load "
+                  f"average (1/5/15 min) {loads['identical']}")
+            print(f"{name}: detection: throughput REGRESSED in {fast.caught}/{args.pairs} "
+                  f"slower pairs ({fast.caught / args.pairs:.0%}); INVALID {fast.invalid}; load "
+                  f"average {loads['slower']}")
 
 
 def compare_line(counts: dict[str, int]) -> str:

@@ -632,7 +632,11 @@ class BenchmarkConfig:
     stable_windows: int = 3  # ... and the last ones must agree within max_spread
     max_spread: float = 0.10
     max_trials: int = 3
-    repeats: int = 3  # timed runs after one warm-up; their spread is throughput_cv
+    repeats: int = 3  # timed runs; their spread is throughput_cv
+    # each repeat in a fresh process (its own session and warm-up), so the repeats' spread holds
+    # what varies between processes too, as two runs of one config do; false: the repeats back
+    # to back after one warm-up in one process (a quick look)
+    isolate_repeats: bool = True
     # warn when, just before or while timing, others use more than this fraction of the device
     # (a benchmark is then INVALID)
     busy_threshold: float = 0.25

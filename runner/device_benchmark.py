@@ -4,10 +4,16 @@ and their aggregate, where the guides multiply one chip's throughput by the numb
 Concurrency: the workers start together (after every model is loaded), and a worker whose
 measurement is done keeps running untimed batches until every device's is done, so each
 device's timed calls are all made while every device is busy.
+
+Isolated repeats (`benchmark.isolate_repeats`, the default): each repeat is a fresh process per
+device with its own session, warm-up and timed run. Two runs of one config differ by what varies
+between processes (memory placement, the host's moment) as well as between calls; repeats in
+one process see only the latter, so their spread understated a run's noise (docs/results.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,7 +25,7 @@ import numpy as np
 from runner import device_pool
 from runner.backends import SessionSettings, backend_for
 from runner.config import BenchmarkConfig, input_shape
-from runner.measurement import Measurement, measure
+from runner.measurement import Measurement, measure, repeats_isolated
 
 log = logging.getLogger("runner")
 
@@ -64,6 +70,8 @@ class DeviceBenchmark:
     busy_start_ns: int = 0
     busy_end_ns: int = 0
     untimed_calls_after: int = 0
+    # isolated repeats: each repeat's own result (its process's), in order; empty otherwise
+    repeats: list[DeviceBenchmark] = field(default_factory=list)
 
     @property
     def start_ns(self) -> int:
@@ -94,8 +102,30 @@ def benchmark(devices: tuple[int, ...], session_settings: SessionSettings, model
     if session_settings.device_type == "cpu" and len(devices) > 1 and not session_settings.threads:
         log.warning("chip.devices=%s on the CPU with chip.threads=0: every worker uses all "
                     "cores; set chip.threads (e.g. 1) to share them", list(devices))
-    work = {device: (session_settings, model_path, batch_spec, method) for device in devices}
-    return list(device_pool.run_on_devices(benchmark_on_device, work).values())
+    if not repeats_isolated(method):
+        work = {device: (session_settings, model_path, batch_spec, method) for device in devices}
+        return list(device_pool.run_on_devices(benchmark_on_device, work).values())
+    one_repeat = dataclasses.replace(method, repeats=1)
+    work = {device: (session_settings, model_path, batch_spec, one_repeat) for device in devices}
+    per_repeat = [device_pool.run_on_devices(benchmark_on_device, work, fresh_process=True)
+                  for _ in range(method.repeats)]
+    return [merge_repeats([repeat[device] for repeat in per_repeat]) for device in devices]
+
+
+def merge_repeats(repeats: list[DeviceBenchmark]) -> DeviceBenchmark:
+    """One device's isolated repeats as one result: their timed runs in order, every warm-up
+    counted, the first session's facts."""
+    first, last = repeats[0], repeats[-1]
+    measurement = Measurement(
+        batch_size=first.measurement.batch_size,
+        warmup_iters=sum(r.measurement.warmup_iters for r in repeats),
+        warmup_s=sum(r.measurement.warmup_s for r in repeats),
+        runs=[run for r in repeats for run in r.measurement.runs])
+    return DeviceBenchmark(
+        first.device, measurement, first.session,
+        [ms for r in repeats for ms in r.own_compute_ms] if all(r.own_compute_ms for r in repeats)
+        else [], last.end_ns, first.busy_start_ns, last.busy_end_ns,
+        sum(r.untimed_calls_after for r in repeats), repeats)
 
 
 def own_metrics(result: DeviceBenchmark, runtime: str, bs: int) -> dict[str, float]:
@@ -136,20 +166,12 @@ def session_metrics(results: list[DeviceBenchmark]) -> dict[str, float]:
     return metrics
 
 
-def aggregate_metrics(results: list[DeviceBenchmark], runtime: str, bs: int) -> dict[str, float]:
-    """The run's benchmark metrics: one device's as measured; several devices' aggregate (named
-    as one device's) plus each device's under `<metric>_dev<id>`."""
-    if len(results) == 1:
-        (only,) = results
-        return {**only.measurement.metrics(), **own_metrics(only, runtime, bs),
-                **session_metrics(results)}
-    metrics: dict[str, float] = {}
-    for result in results:
-        own = own_metrics(result, runtime, bs)
-        device_metrics = {**result.measurement.metrics(), **own}
-        for key in (*PER_DEVICE_METRICS, *own):
-            metrics[f"{key}_dev{result.device}"] = device_metrics[key]
-    pooled = np.concatenate([r.measurement.compute_ms for r in results])
+def overlap(results: list[DeviceBenchmark]) -> float:
+    """The smallest share of a device's timed loop made while every device was busy; isolated
+    repeats: the smallest over the repeats (the devices are idle between them)."""
+    if all(r.repeats for r in results):
+        return min(overlap(list(same_repeat)) for same_repeat in zip(*(r.repeats for r in results),
+                                                                       strict=True))
     all_busy_from = max(r.busy_start_ns for r in results)
     all_busy_until = min(r.busy_end_ns for r in results)
 
@@ -157,6 +179,26 @@ def aggregate_metrics(results: list[DeviceBenchmark], runtime: str, bs: int) -> 
         covered = min(r.end_ns, all_busy_until) - max(r.start_ns, all_busy_from)
         return max(0, covered) / max(1, r.end_ns - r.start_ns)
 
+    return min(share_under_full_load(r) for r in results)
+
+
+def aggregate_metrics(results: list[DeviceBenchmark], runtime: str, bs: int) -> dict[str, float]:
+    """The run's benchmark metrics: one device's as measured; several devices' aggregate (named
+    as one device's) plus each device's under `<metric>_dev<id>`."""
+    # 1: each repeat ran in a fresh process, so their spread holds the variance between
+    # processes (compare holds such a run's figures to their standard error)
+    isolation = {"benchmark_isolated_repeats": float(all(r.repeats for r in results))}
+    if len(results) == 1:
+        (only,) = results
+        return {**only.measurement.metrics(), **own_metrics(only, runtime, bs),
+                **session_metrics(results), **isolation}
+    metrics: dict[str, float] = {}
+    for result in results:
+        own = own_metrics(result, runtime, bs)
+        device_metrics = {**result.measurement.metrics(), **own}
+        for key in (*PER_DEVICE_METRICS, *own):
+            metrics[f"{key}_dev{result.device}"] = device_metrics[key]
+    pooled = np.concatenate([r.measurement.compute_ms for r in results])
     metrics.update({
         "throughput_fps": sum(r.measurement.throughput_fps for r in results),
         "wall_fps": sum(r.measurement.wall_fps for r in results),
@@ -170,9 +212,10 @@ def aggregate_metrics(results: list[DeviceBenchmark], runtime: str, bs: int) -> 
         "benchmark_stable": float(all(r.measurement.stable for r in results)),
         "benchmark_window_spread": max(r.measurement.spread for r in results),
         "benchmark_devices": float(len(results)),
-        "benchmark_overlap": min(share_under_full_load(r) for r in results),
+        "benchmark_overlap": overlap(results),
     })
     metrics.update(session_metrics(results))
+    metrics.update(isolation)
     if all(f"{runtime}_throughput_fps_dev{r.device}" in metrics for r in results):
         metrics[f"{runtime}_throughput_fps"] = sum(
             metrics[f"{runtime}_throughput_fps_dev{r.device}"] for r in results)

@@ -1,7 +1,8 @@
 """Several devices at once (`chip.devices=[0,1,2,3]`): one worker process per device.
 
 `infer` shards the dataset's chunks over the devices (`shard`); the benchmark measures on every
-device concurrently (`runner.device_benchmark`). A single device runs in this process.
+device concurrently (`runner.device_benchmark`). A single device runs in this process, unless a
+fresh one is asked for (the benchmark's isolated repeats).
 Workers start together (`start_together`, after every model is loaded), and a worker done with
 its timed part can keep its device busy until every device is done (`keep_busy_until_all_done`).
 
@@ -87,11 +88,13 @@ def _raise_failure(failures: dict[int, Any]) -> None:
     raise RuntimeError(f"the worker for device {device} failed: {value}")
 
 
-def run_on_devices(worker: Callable[..., R], work: dict[int, tuple[Any, ...]]) -> dict[int, R]:
+def run_on_devices(worker: Callable[..., R], work: dict[int, tuple[Any, ...]],
+                   fresh_process: bool = False) -> dict[int, R]:
     """`worker(device, *args)` for each device of `work`, concurrently, one process each (in
-    this process when there is one device). A worker's error is raised here, naming its device.
-    `worker` must be a module-level function and its arguments picklable."""
-    if len(work) <= 1:
+    this process when there is one device, unless `fresh_process`). A worker's error is raised
+    here, naming its device. `worker` must be a module-level function and its arguments
+    picklable."""
+    if len(work) <= 1 and not fresh_process:
         return {device: worker(device, *args) for device, args in work.items()}
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(len(work))

@@ -7,7 +7,9 @@ One measurement = one warm-up, then `repeats` timed runs back to back. A timed r
 both `min_iters` calls and `min_duration_s` seconds are reached (as LoadGen and trtexec stop), or
 until `max_duration_s` caps it; its calls are split into `windows` and it is retried (up to
 `max_trials`, earlier trials discarded) while its last `stable_windows` windows disagree by more
-than `max_spread` (as perf_analyzer decides stability). The repeats give the run-to-run spread.
+than `max_spread` (as perf_analyzer decides stability). The repeats give the run-to-run spread;
+with `isolate_repeats` the benchmark (runner.device_benchmark) runs each repeat as a measurement
+of its own in a fresh process and joins them.
 """
 
 from __future__ import annotations
@@ -225,6 +227,12 @@ def measure(
                        runs=runs)
 
 
+def repeats_isolated(settings: BenchmarkConfig) -> bool:
+    """Whether each repeat runs in a fresh process (runner.device_benchmark); one repeat has no
+    spread to isolate."""
+    return settings.isolate_repeats and settings.repeats > 1
+
+
 def method_description(settings: BenchmarkConfig, timed_span: str) -> dict[str, Any]:
     """What a reader needs to know to interpret (and reproduce) the figures."""
     return {
@@ -235,8 +243,10 @@ def method_description(settings: BenchmarkConfig, timed_span: str) -> dict[str, 
         f"(cap {settings.max_duration_s} s: benchmark_capped=1 when the cap ended a run)",
         "stability": f"last {settings.stable_windows} of {settings.windows} windows within "
         f"{settings.max_spread:.0%} of their mean, up to {settings.max_trials} trials per repeat",
-        "repeats": f"{settings.repeats} timed runs after one warm-up; throughput_cv = sample "
-        "std / mean of their throughput_fps (absent with 1 repeat)",
+        "repeats": f"{settings.repeats} timed runs, "
+        + ("each in a fresh process after its own warm-up (benchmark.isolate_repeats)"
+           if repeats_isolated(settings) else "back to back after one warm-up")
+        + "; throughput_cv = sample std / mean of their throughput_fps (absent with 1 repeat)",
         "throughput_fps": "1000 * bs / mean(compute ms) over every timed call, as ais_bench",
         "wall_fps": "bs * calls / wall seconds of the timed loops",
         "percentiles": "numpy.percentile over every timed call, linear interpolation",
