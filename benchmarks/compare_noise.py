@@ -12,7 +12,7 @@ half the baseline's intra-op threads instead), counted when throughput_fps is RE
 Side by side in one run (--repeats both, the default): each pair is made twice in a row, its
 runs' repeats each in a fresh process (benchmark.isolate_repeats=true, the default) and back to
 back in one process (false), the order alternating from pair to pair; every pair is judged by
-each of compare's kinds of noise (auto, the default; one repeat's spread; the standard error of
+each of compare's kinds of noise (one repeat's spread, the default, and the standard error of
 the figure) on the same runs, so the rates compare without the machine's hour between them. The
 rates print with the load average (os.getloadavg) before and after each half.
 

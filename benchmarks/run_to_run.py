@@ -3,8 +3,8 @@
 Two figures, one after the other in one invocation:
 - across runs: the benchmark stage run 5 times, each with a fresh session and its own warm-up
   (what a user sees re-running the same job); CV = sample std / mean of their throughput_fps;
-- within a run: one benchmark stage with benchmark.repeats=5 (one warm-up, 5 timed runs back to
-  back): the `throughput_cv` metric it logs.
+- within a run: one benchmark stage with benchmark.repeats=5 and benchmark.isolate_repeats=false
+  (one warm-up, 5 timed runs back to back in this process): the `throughput_cv` metric it logs.
 Each row also prints every run's and repeat's figure, and a machine probe taken before each run
 (`common.machine_probe_ms`, no model involved) and the share of the CPU the hypervisor took
 during each run's timing (steal, the benchmark stage's `benchmark_cpu_stolen_during_pct`): when
@@ -62,7 +62,8 @@ def main() -> None:
                                            Path(scratch))
                     across.append(output.metrics["throughput_fps"])
                     stolen.append(output.metrics.get(STOLEN, 0.0))
-            repeated = common.run_config(*settings, f"benchmark.repeats={args.repeats}")
+            repeated = common.run_config(*settings, f"benchmark.repeats={args.repeats}",
+                                        "benchmark.isolate_repeats=false")
             with tempfile.TemporaryDirectory() as scratch:
                 metrics = benchmark.run(benchmark.Settings.from_config(repeated), paths,
                                         Path(scratch)).metrics

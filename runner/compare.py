@@ -44,14 +44,13 @@ EXIT_OK, EXIT_REGRESSED, EXIT_BAD_INPUT = 0, 1, 2
 # the config that pairs runs of two sweeps, always; any other logged param (or the dataset) that
 # varies among one side's runs joins it (the keys a sweep swept)
 IDENTITY = ("model", "chip", "chip.precision", "bs")
-ISOLATED = "benchmark_isolated_repeats"  # 1: each repeat ran in a fresh process
 # a run's metrics that the comparison reads besides the figures: the benchmark's noise
-NOISE_METRICS = ("throughput_cv", "benchmark_window_spread", "benchmark_repeats", ISOLATED,
+NOISE_METRICS = ("throughput_cv", "benchmark_window_spread", "benchmark_repeats",
                  "throughput_fps_min", "throughput_fps_max", "benchmark_valid",
                  "latency_ms_p50_cv", "latency_ms_p99_cv")
-# what a run's noise is: chosen per run by how its repeats ran (auto, the default), one repeat's
-# spread, or the standard error of its figure over its repeats (Rule says when each suits)
-NOISE_KINDS = ("auto", "repeat-spread", "standard-error")
+# what a run's noise is: the spread of one repeat (the default), or the standard error of its
+# figure over its repeats (Rule says when each suits)
+NOISE_KINDS = ("repeat-spread", "standard-error")
 
 
 class CompareError(RunnerError):
@@ -81,24 +80,22 @@ FIGURE_NAMES = tuple(f.metric for f in FIGURES)
 
 @dataclass(frozen=True)
 class Rule:
-    """When a difference is beyond noise. Timing figures: each run has a relative noise n; the
-    two runs' noise combine as sqrt(nb^2 + nc^2), and the figure changed when
-    |candidate/baseline - 1| > max(k * combined, min_effect).
+    """When a difference is beyond noise. Timing figures: each run's relative noise is the
+    spread of one repeat: the largest of the coefficient of variation of its repeats'
+    throughput (throughput_cv), half its worst window spread, and for a latency percentile that
+    percentile's own CV over the repeats (latency_ms_p99_cv: a tail moves more than the mean).
+    The two runs' noise combine as sqrt(nb^2 + nc^2); the figure changed when
+    |candidate/baseline - 1| > max(k * combined, min_effect). Since benchmark.isolate_repeats
+    each repeat runs in a fresh process, so the spread holds what varies between processes
+    (placement, the machine's moment) too; min_effect is the floor under it.
 
-    A run's n is one of two things. "repeat-spread" is the spread of one repeat: the largest of
-    the coefficient of variation of its repeats' throughput (throughput_cv), half its worst
-    window spread, and for a latency percentile that percentile's own CV over the repeats (a
-    tail moves more than the mean). "standard-error" is that spread over sqrt(repeats), since
-    the figure is taken over all the repeats' calls (one repeat: half its window spread).
-
-    noise="auto" (the default) picks per run: the standard error where the run's repeats each
-    ran in a fresh process (benchmark_isolated_repeats=1, benchmark.isolate_repeats), since
-    they are then independent draws of all that differs between two runs of one config; one
-    repeat's spread otherwise (repeats back to back in one process miss what varies between
-    processes, so their standard error understates the noise) and for e2e (a single pass: one
-    draw). min_effect is the floor under every band. Measured on the 2-core VM
-    (docs/results.md): repeats in one process, either kind alone missed the 19-of-20 false-alarm
-    target (18 and 16 of 20 identical pairs SAME)."""
+    noise="standard-error" holds the figure to its standard error instead (the spread over
+    sqrt(repeats), since the figure is taken over all the repeats' calls; one repeat: half its
+    worst window spread), a narrower band. It is estimated from 3 repeats by default, so k=2 on
+    it is a wide Student t (about 4 degrees of freedom for two runs): on the 2-core VM it raised
+    more false alarms than the default with repeats in one process (4 of 20 identical pairs
+    against 2) and with isolated ones (3 against 0), and caught a 10% slowdown no more often
+    (docs/results.md)."""
 
     k: float = 2.0
     min_effect: float = 0.05
@@ -106,21 +103,16 @@ class Rule:
     noise: str = NOISE_KINDS[0]
 
     def text(self) -> str:
-        spread = ("one repeat's spread = max(throughput_cv of its repeats, half its "
-                  "benchmark_window_spread, and for latency p50/p99 the CV of that percentile "
-                  "over the repeats)")
-        error = ("the standard error = one repeat's spread / sqrt(benchmark_repeats) (one "
-                 "repeat: half its benchmark_window_spread)")
-        noise = {"standard-error": f"n = a run's standard error; {error}; {spread}",
-                 "repeat-spread": f"n = {spread}",
-                 "auto": "n = a run's standard error where its repeats each ran in a fresh "
-                         "process (benchmark_isolated_repeats=1), else one repeat's spread; "
-                         f"{error}; {spread}"}[self.noise]
-        e2e = ("e2e is one pass: one repeat's spread of its run's benchmark" if self.noise !=
-               "standard-error" else "e2e has no repeats: its run's benchmark noise")
+        noise = ("n = a run's standard error = its repeats' spread (throughput_cv; for latency "
+                 "p50/p99 the larger of it and that percentile's CV over the repeats) / "
+                 "sqrt(benchmark_repeats); one repeat: half its benchmark_window_spread"
+                 if self.noise == "standard-error" else
+                 "n = a run's relative noise = max(throughput_cv of its repeats, half its "
+                 "benchmark_window_spread, and for latency p50/p99 the CV of that percentile "
+                 "over the repeats)")
         return (f"timing figures (throughput, latency p50/p99, e2e): changed when |candidate/"
                 f"baseline - 1| > max({self.k:g} x sqrt(nb^2 + nc^2), {self.min_effect:.0%}), "
-                f"{noise}; {e2e}; "
+                f"{noise}; e2e has no repeats: its run's benchmark noise; "
                 f"peak memory: changed beyond {self.memory_min_effect:.0%} (one sample per run, "
                 "no spread); top-k (the same dataset, so exact): equal is SAME, any change "
                 "REGRESSED/IMPROVED, named within or beyond the guide's max_accuracy_drop "
@@ -149,14 +141,6 @@ class Entry:
     def keys(self) -> set[str]:
         return {"model", "chip", "dataset", *self.params}
 
-    def noise_kind(self, metric: str, kind: str) -> str:
-        """The kind of noise the Rule's `kind` means for this run's `metric` (Rule: auto)."""
-        if kind != "auto":
-            return kind
-        if metric == "e2e_fps" or self.metrics.get(ISOLATED) != 1.0:
-            return "repeat-spread"
-        return "standard-error"
-
     def noise(self, metric: str = "", kind: str = NOISE_KINDS[0]) -> float | None:
         """The benchmark's relative noise for `metric` by the Rule's `kind` of noise; None when
         the run logged none."""
@@ -164,7 +148,7 @@ class Entry:
         keys = ["throughput_cv", *([f"{metric}_cv"] if metric.startswith("latency_ms_p") else [])]
         spread = [self.metrics[key] for key in keys if key in self.metrics]
         windows = self.metrics.get("benchmark_window_spread")
-        if self.noise_kind(metric, kind) == "repeat-spread":
+        if kind == "repeat-spread":
             parts = [*spread, *([windows / 2] if windows is not None else [])]
             return max(parts) if parts else None
         if spread:
@@ -608,9 +592,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-effect", type=float, default=Rule.min_effect,
                    help=f"smallest relative change of a timing figure (default {Rule.min_effect})")
     p.add_argument("--noise", choices=NOISE_KINDS, default=Rule.noise,
-                   help="a run's noise: auto (the default) is the standard error of its "
-                   "figure over its repeats where they each ran in a fresh process, else one "
-                   "repeat's spread; repeat-spread or standard-error for every run")
+                   help="a run's noise: one repeat's spread (repeat-spread, the default) or "
+                   "the standard error of its figure over its repeats (standard-error: a band "
+                   "about 1/sqrt(repeats) as wide, more false alarms)")
     p.add_argument("--memory-min-effect", type=float, default=Rule.memory_min_effect,
                    help=f"of peak memory (default {Rule.memory_min_effect})")
     p.add_argument("--save", metavar="FILE", help="write the results JSON (a side of a later "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,7 @@ class DeviceBenchmark:
     untimed_calls_after: int = 0
     # isolated repeats: each repeat's own result (its process's), in order; empty otherwise
     repeats: list[DeviceBenchmark] = field(default_factory=list)
+    process_id: int = 0  # of the process that measured (the first repeat's, when isolated)
 
     @property
     def start_ns(self) -> int:
@@ -93,7 +95,7 @@ def benchmark_on_device(device: int, session_settings: SessionSettings, model_pa
     own = own[-result.iterations :] if len(own) >= result.iterations else []
     untimed = device_pool.keep_busy_until_all_done(lambda: session.run(batch))
     return DeviceBenchmark(device, result, session.describe(), own, end_ns, busy_start_ns,
-                           time.perf_counter_ns(), untimed)
+                           time.perf_counter_ns(), untimed, process_id=os.getpid())
 
 
 def benchmark(devices: tuple[int, ...], session_settings: SessionSettings, model_path: Path,
@@ -125,7 +127,7 @@ def merge_repeats(repeats: list[DeviceBenchmark]) -> DeviceBenchmark:
         first.device, measurement, first.session,
         [ms for r in repeats for ms in r.own_compute_ms] if all(r.own_compute_ms for r in repeats)
         else [], last.end_ns, first.busy_start_ns, last.busy_end_ns,
-        sum(r.untimed_calls_after for r in repeats), repeats)
+        sum(r.untimed_calls_after for r in repeats), repeats, first.process_id)
 
 
 def own_metrics(result: DeviceBenchmark, runtime: str, bs: int) -> dict[str, float]:
@@ -186,7 +188,7 @@ def aggregate_metrics(results: list[DeviceBenchmark], runtime: str, bs: int) -> 
     """The run's benchmark metrics: one device's as measured; several devices' aggregate (named
     as one device's) plus each device's under `<metric>_dev<id>`."""
     # 1: each repeat ran in a fresh process, so their spread holds the variance between
-    # processes (compare holds such a run's figures to their standard error)
+    # processes too (what the figures of two runs of one config differ by)
     isolation = {"benchmark_isolated_repeats": float(all(r.repeats for r in results))}
     if len(results) == 1:
         (only,) = results

@@ -173,3 +173,16 @@ def test_on_device(tmp_path: Path) -> None:
     speed = next(r for r in rows if r[1] == "4")
     assert float(speed[2]) > 0 and float(speed[4]) > 0
     assert "loads per round: host_float" in out
+
+
+def test_compare_noise(tmp_path: Path) -> None:
+    # one pair of each kind, the repeats each in a fresh process (the default way), cut short
+    out = run_script("compare_noise", "--pairs", "1", "--quick", "--repeats", "fresh processes",
+                     "--cache-dir", str(tmp_path))
+    assert "identical pair 1, repeats in fresh processes: repeat-spread:" in out
+    assert "slower pair 1, repeats in fresh processes: repeat-spread: throughput" in out
+    summary = re.search(r"repeats in fresh processes, rule repeat-spread: false alarms (\d)/1 "
+                        r".*SAME on every figure (\d)/1", out)
+    assert summary is not None and int(summary[1]) + int(summary[2]) <= 1
+    assert re.search(r"rule repeat-spread: detection: throughput REGRESSED in [01]/1", out)
+    assert "one process" not in out.split("repeats:", 1)[1].splitlines()[0]

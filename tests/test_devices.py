@@ -3,6 +3,7 @@ figures, and a two-device CPU run (two ONNX Runtime workers, one intra-op thread
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -12,11 +13,15 @@ import numpy as np
 import pytest
 
 from runner import device_benchmark, device_pool
+from runner.backends import SessionSettings
+from runner.config import BenchmarkConfig
 from runner.errors import DatasetError
-from runner.measurement import Measurement, TimedRun
+from runner.measurement import Measurement, TimedRun, repeats_isolated
+from runner.stages import benchmark as benchmark_stage
 from tests import reference
 from tests.conftest import Workspace
 from tests.device_workers import die_on_device_one, fail_on_device_one, report_process
+from tests.test_loader import tiny_classifier
 
 
 def test_shard_is_round_robin_and_skips_idle_devices() -> None:
@@ -28,6 +33,11 @@ def test_shard_is_round_robin_and_skips_idle_devices() -> None:
 def test_one_device_runs_in_this_process() -> None:
     result = device_pool.run_on_devices(report_process, {5: ("x",)})
     assert result[5][:3] == (5, "x", os.getpid())
+
+
+def test_one_device_runs_in_a_fresh_process_when_asked() -> None:
+    (only,) = device_pool.run_on_devices(report_process, {5: ("x",)}, fresh_process=True).values()
+    assert only[:2] == (5, "x") and only[2] != os.getpid()
 
 
 def test_several_devices_run_in_their_own_processes_at_once() -> None:
@@ -81,6 +91,64 @@ def test_aggregate_sums_devices_measured_together() -> None:
     assert single["throughput_fps"] == pytest.approx(200.0)
     assert single["ais_bench_throughput_fps"] == pytest.approx(1000 * 4 / 15)
     assert "benchmark_devices" not in single
+
+
+def test_isolated_repeats_are_joined_and_judged_repeat_by_repeat() -> None:
+    # two repeats on two devices, each repeat its own processes: in the first both devices were
+    # busy throughout; in the second device 1 came up 0.8 s into device 0's timed second
+    repeats = {0: [_device_result(0, [10.0] * 100, 101.0, (99.5, 101.6)),
+                   _device_result(0, [12.5] * 80, 201.0, (199.5, 201.6))],
+               1: [_device_result(1, [10.0] * 100, 101.0, (99.5, 101.6), own=[9.0] * 100),
+                   _device_result(1, [10.0] * 100, 201.0, (200.8, 201.6), own=[9.0] * 100)]}
+    joined = [device_benchmark.merge_repeats(repeats[d]) for d in (0, 1)]
+    first = joined[0]
+    assert [run.throughput_fps for run in first.measurement.runs] == pytest.approx([400, 320])
+    assert first.measurement.warmup_iters == 2  # each repeat warmed up in its own process
+    assert first.repeats == repeats[0] and joined[1].own_compute_ms == [9.0] * 200
+    assert first.own_compute_ms == []  # device 0's repeats have no runtime figure
+    metrics = device_benchmark.aggregate_metrics(joined, "onnxruntime", bs=4)
+    assert metrics["benchmark_overlap"] == pytest.approx(0.2)  # the worse repeat's
+    assert metrics["benchmark_isolated_repeats"] == 1.0
+    assert metrics["throughput_fps_dev0"] == pytest.approx(4000 / ((1000 + 1000) / 180))
+    single = device_benchmark.aggregate_metrics([joined[0]], "onnxruntime", bs=4)
+    assert single["benchmark_isolated_repeats"] == 1.0 and single["benchmark_repeats"] == 2
+    assert single["throughput_cv"] == pytest.approx(80 / 2 ** 0.5 / 360)
+    together = device_benchmark.aggregate_metrics([repeats[0][0]], "onnxruntime", bs=4)
+    assert together["benchmark_isolated_repeats"] == 0.0
+
+
+def test_each_isolated_repeat_is_a_fresh_process_with_its_own_warm_up(tmp_path: Path) -> None:
+    model = tiny_classifier(tmp_path / "tiny.onnx")
+    session = SessionSettings(runtime="onnxruntime", device_type="cpu",
+                              providers=("CPUExecutionProvider",), precision="fp32", threads=1,
+                              channels_last=False, dynamic_batch_sizes=(), compile=False,
+                              cuda_graphs=False)
+    batch = device_benchmark.BatchSpec(bs=2, input_size=8, layout="NCHW", kind="random", seed=0)
+    method = BenchmarkConfig(warmup_iters=2, warmup_min_s=0, min_iters=5, min_duration_s=0,
+                             max_trials=1, repeats=3)
+    for devices in ((0,), (0, 1)):
+        results = device_benchmark.benchmark(devices, session, model, batch, method)
+        pids = [r.process_id for result in results for r in result.repeats]
+        assert len(pids) == 3 * len(devices) == len(set(pids)) and os.getpid() not in pids
+        for result in results:
+            assert len(result.measurement.runs) == 3
+            assert result.measurement.warmup_iters == 3 * 2
+        metrics = device_benchmark.aggregate_metrics(results, "onnxruntime", bs=2)
+        assert metrics["benchmark_isolated_repeats"] == 1.0
+    in_one = device_benchmark.benchmark((0,), session, model, batch,
+                                        dataclasses.replace(method, isolate_repeats=False))
+    assert in_one[0].process_id == os.getpid() and in_one[0].repeats == []
+    assert in_one[0].measurement.warmup_iters == 2
+    assert not repeats_isolated(dataclasses.replace(method, repeats=1))  # nothing to isolate
+
+    # the stage says so: a process id per repeat, the method in words, the metric compare reads
+    stage = benchmark_stage.Settings(batch, method, session, "cpu", (0,), "code", "host",
+                                     lock_dir=str(tmp_path / "locks"))
+    output = benchmark_stage.run(stage, {"model": model}, tmp_path)
+    report = json.loads((tmp_path / benchmark_stage.RESULT_FILE).read_text())
+    assert len(set(report["repeat_process_ids"])) == len(report["repeats"]) == 3
+    assert "each in a fresh process" in report["method"]["repeats"]
+    assert output.metrics["benchmark_isolated_repeats"] == 1.0
 
 
 def test_one_off_session_costs_are_metrics_apart_from_the_timed_calls() -> None:

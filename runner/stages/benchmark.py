@@ -67,6 +67,8 @@ def device_report(result: device_benchmark.DeviceBenchmark) -> dict[str, Any]:
         "compute_ms": [run.compute_ms for run in measured.runs],
         "runtime_compute_ms": result.own_compute_ms,
         "untimed_calls_after": result.untimed_calls_after,
+        # one per repeat when each ran in a fresh process (benchmark.isolate_repeats)
+        "repeat_process_ids": [r.process_id for r in result.repeats] or [result.process_id],
     }
 
 
