@@ -175,14 +175,25 @@ def test_on_device(tmp_path: Path) -> None:
     assert "loads per round: host_float" in out
 
 
-def test_compare_noise(tmp_path: Path) -> None:
-    # one pair of each kind, the repeats each in a fresh process (the default way), cut short
-    out = run_script("compare_noise", "--pairs", "1", "--quick", "--repeats", "fresh processes",
-                     "--cache-dir", str(tmp_path))
-    assert "identical pair 1, repeats in fresh processes: repeat-spread:" in out
-    assert "slower pair 1, repeats in fresh processes: repeat-spread: throughput" in out
-    summary = re.search(r"repeats in fresh processes, rule repeat-spread: false alarms (\d)/1 "
+def test_compare_noise(cache_dir: Path) -> None:
+    # one pair of each kind, cut short; the repeats in one process (isolated repeats cost a
+    # process each, and test_devices runs them)
+    out = run_script("compare_noise", "--pairs", "1", "--quick", "--repeats", "one process",
+                     "--cache-dir", str(cache_dir))
+    assert "identical pair 1, repeats in one process: repeat-spread:" in out
+    assert "slower pair 1, repeats in one process: repeat-spread: throughput" in out
+    summary = re.search(r"repeats in one process, rule repeat-spread: false alarms (\d)/1 "
                         r".*SAME on every figure (\d)/1", out)
     assert summary is not None and int(summary[1]) + int(summary[2]) <= 1
     assert re.search(r"rule repeat-spread: detection: throughput REGRESSED in [01]/1", out)
-    assert "one process" not in out.split("repeats:", 1)[1].splitlines()[0]
+    assert "fresh processes" not in out.split("repeats:", 1)[1].splitlines()[0]
+
+
+def test_repeat_isolation(cache_dir: Path) -> None:
+    out = run_script("repeat_isolation", "--models", "alexnet", "--bs", "2", "--rounds", "1",
+                     "--cache-dir", str(cache_dir), "--benchmark", "benchmark.min_iters=2",
+                     "benchmark.min_duration_s=0.1", "benchmark.warmup_min_s=0")
+    row = next(line.split() for line in out.splitlines() if line.startswith("alexnet"))
+    fresh, one, ratio = float(row[2]), float(row[3]), float(row[4])
+    assert fresh > 0 and one > 0 and ratio == pytest.approx(fresh / one, abs=0.01)
+    assert "round 1: fresh processes" in out and "one process" in out
