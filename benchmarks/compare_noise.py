@@ -153,29 +153,25 @@ def main() -> None:
     common.make(common.run_config(f"model={args.model}", f"bs={args.bs}", "dataset=synthetic",
                                   "model.weights=random", f"paths.cache_dir={args.cache_dir}"),
                 ["export", "convert"])  # made once, not in the first pair's time
-    tallies = {half_name: {(way, kind): Tally() for way in ways for kind in RULES}
-               for half_name in ("identical", "slower")}
+    slow = args.slower == "sleep"
+    # each half: the two runs' threads, whether the candidate is the slowed build, and how a
+    # pair's comparison is tallied
+    halves = {"identical": ((args.threads, args.threads), False, Tally.identical),
+              "slower": ((args.threads, args.threads if slow else half), slow, Tally.slower)}
+    tallies = {name: {(way, kind): Tally() for way in ways for kind in RULES} for name in halves}
     loads = {}
     with tempfile.TemporaryDirectory(prefix="compare-noise-") as folder:
         work = Path(folder)
-        for half_name in ("identical", "slower"):
+        for name, (threads, slowed, tally) in halves.items():
             before = load()
             for n in range(args.pairs):
                 for way in (ways if n % 2 == 0 else ways[::-1]):
-                    if half_name == "identical":
-                        judged = pair(work, args, (args.threads, args.threads), way)
-                    else:
-                        slow = args.slower == "sleep"
-                        judged = pair(work, args, (args.threads, args.threads if slow else half),
-                                      way, slow)
-                    lines = "; ".join(
-                        f"{kind}: " + (tallies[half_name][way, kind].identical(result)
-                                       if half_name == "identical" else
-                                       tallies[half_name][way, kind].slower(result))
-                        for kind, result in judged.items())
-                    print(f"  {half_name} pair {n + 1}, repeats in {way}: {lines}  load "
-                          f"{load()}", flush=True)
-            loads[half_name] = f"{before} -> {load()}"
+                    judged = pair(work, args, threads, way, slowed)
+                    lines = "; ".join(f"{kind}: {tally(tallies[name][way, kind], result)}"
+                                      for kind, result in judged.items())
+                    print(f"  {name} pair {n + 1}, repeats in {way}: {lines}  load {load()}",
+                          flush=True)
+            loads[name] = f"{before} -> {load()}"
     for way in ways:
         for kind in RULES:
             same, fast = tallies["identical"][way, kind], tallies["slower"][way, kind]

@@ -104,11 +104,12 @@ def benchmark(devices: tuple[int, ...], session_settings: SessionSettings, model
     if session_settings.device_type == "cpu" and len(devices) > 1 and not session_settings.threads:
         log.warning("chip.devices=%s on the CPU with chip.threads=0: every worker uses all "
                     "cores; set chip.threads (e.g. 1) to share them", list(devices))
-    if not repeats_isolated(method):
-        work = {device: (session_settings, model_path, batch_spec, method) for device in devices}
+    isolated = repeats_isolated(method)
+    # isolated: each process measures one repeat
+    per_process = dataclasses.replace(method, repeats=1) if isolated else method
+    work = {device: (session_settings, model_path, batch_spec, per_process) for device in devices}
+    if not isolated:
         return list(device_pool.run_on_devices(benchmark_on_device, work).values())
-    one_repeat = dataclasses.replace(method, repeats=1)
-    work = {device: (session_settings, model_path, batch_spec, one_repeat) for device in devices}
     per_repeat = [device_pool.run_on_devices(benchmark_on_device, work, fresh_process=True)
                   for _ in range(method.repeats)]
     return [merge_repeats([repeat[device] for repeat in per_repeat]) for device in devices]
@@ -123,11 +124,14 @@ def merge_repeats(repeats: list[DeviceBenchmark]) -> DeviceBenchmark:
         warmup_iters=sum(r.measurement.warmup_iters for r in repeats),
         warmup_s=sum(r.measurement.warmup_s for r in repeats),
         runs=[run for r in repeats for run in r.measurement.runs])
+    # the runtime's own times only where every repeat has them (a figure over all or none)
+    own = [ms for r in repeats for ms in r.own_compute_ms] if all(
+        r.own_compute_ms for r in repeats) else []
     return DeviceBenchmark(
-        first.device, measurement, first.session,
-        [ms for r in repeats for ms in r.own_compute_ms] if all(r.own_compute_ms for r in repeats)
-        else [], last.end_ns, first.busy_start_ns, last.busy_end_ns,
-        sum(r.untimed_calls_after for r in repeats), repeats, first.process_id)
+        first.device, measurement, first.session, own_compute_ms=own, end_ns=last.end_ns,
+        busy_start_ns=first.busy_start_ns, busy_end_ns=last.busy_end_ns,
+        untimed_calls_after=sum(r.untimed_calls_after for r in repeats), repeats=repeats,
+        process_id=first.process_id)
 
 
 def own_metrics(result: DeviceBenchmark, runtime: str, bs: int) -> dict[str, float]:
